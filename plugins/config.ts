@@ -1,0 +1,92 @@
+import fp from 'fastify-plugin'
+import fastifyEnv from '@fastify/env'
+import envSchema from 'env-schema'
+import { loadDevSecret } from '../src/dev-secret.js'
+
+/** Every setting of the service. The names are a contract with operators: README, "Configuration". */
+export const configSchema = {
+  type: 'object',
+  required: [],
+  properties: {
+    HOST: { type: 'string', default: '0.0.0.0' },
+    PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
+    LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    NODE_ENV: { type: 'string', enum: ['development', 'production', 'test'], default: 'development' },
+    REDIS_URL: { type: 'string', pattern: '^rediss?://' },
+    JWT_SECRET: { type: 'string', minLength: 1 },
+    HEART_KEY_PREFIX: { type: 'string', pattern: '^[^{}\\s]*$', maxLength: 64, default: 'heart:' },
+    MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 64, maximum: 1048576, default: 4096 },
+    PING_INTERVAL_MS: { type: 'integer', minimum: 50, maximum: 3600000, default: 25000 },
+    SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, maximum: 600000, default: 10000 },
+    // true, false, or a comma list of proxy addresses, CIDR ranges, or loopback/linklocal/uniquelocal.
+    TRUST_PROXY: { type: 'string', pattern: '^(true|false|([0-9A-Fa-f.:/]+|loopback|linklocal|uniquelocal)(,([0-9A-Fa-f.:/]+|loopback|linklocal|uniquelocal))*)$', default: 'false' },
+    INGEST_API_KEYS: { type: 'string', separator: ',', default: '' },
+    HISTORY_MAX: { type: 'integer', minimum: 1, maximum: 10000000, default: 10000 },
+    MAX_SUBSCRIPTIONS_PER_CONNECTION: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
+    MAX_BUFFERED_BYTES: { type: 'integer', minimum: 1024, maximum: 1073741824, default: 1048576 }
+  }
+} as const
+
+export interface Config {
+  HOST: string
+  PORT: number
+  LOG_LEVEL: string
+  NODE_ENV: 'development' | 'production' | 'test'
+  REDIS_URL?: string
+  JWT_SECRET: string
+  HEART_KEY_PREFIX: string
+  MAX_PAYLOAD_BYTES: number
+  PING_INTERVAL_MS: number
+  SHUTDOWN_GRACE_MS: number
+  TRUST_PROXY: string
+  INGEST_API_KEYS: string[]
+  HISTORY_MAX: number
+  MAX_SUBSCRIPTIONS_PER_CONNECTION: number
+  MAX_BUFFERED_BYTES: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export type Env = Record<string, string | undefined>
+
+export interface ConfigOptions {
+  /** The settings to read; defaults to process.env. Tests pass their own. */
+  env?: Env
+  /** Where a development JWT secret is kept when JWT_SECRET is not set (never in production). */
+  devSecretFile?: string
+}
+
+const JWT_SECRET_MIN = 32
+
+/** Validates settings as the plugin does, for server.ts, which needs some before Fastify exists. */
+export function loadConfig (env: Env): Config {
+  return envSchema({ schema: structuredClone(configSchema), data: env, env: false }) as unknown as Config
+}
+
+/**
+ * `TRUST_PROXY` as Fastify's `trustProxy` takes it. Hop counts are not offered: Fastify 5 no
+ * longer trusts a hop count (it cannot check the immediate peer), so name the proxies instead.
+ */
+export function trustProxyOption (value: string): boolean | string {
+  if (value === 'true') return true
+  if (value === 'false') return false
+  return value
+}
+
+export default fp(async function config (fastify, opts: ConfigOptions) {
+  await fastify.register(fastifyEnv, { schema: structuredClone(configSchema), data: opts.env ?? process.env, env: false })
+  const cfg = fastify.config
+  if (cfg.NODE_ENV === 'production') {
+    if (cfg.JWT_SECRET === undefined || cfg.JWT_SECRET.length < JWT_SECRET_MIN) {
+      throw new Error(`env/JWT_SECRET must be set to at least ${JWT_SECRET_MIN} characters when NODE_ENV=production`)
+    }
+  } else if (cfg.JWT_SECRET === undefined) {
+    const file = opts.devSecretFile ?? '.heart-gateway/dev-jwt-secret'
+    cfg.JWT_SECRET = await loadDevSecret(file)
+    fastify.log.warn({ file }, 'JWT_SECRET is not set: using a generated development secret (npm run token uses the same file); set JWT_SECRET in production')
+  }
+}, { name: 'config' })

@@ -1,0 +1,15 @@
+import fp from 'fastify-plugin'
+import { Hub } from '../src/heart/hub.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    hub: Hub
+  }
+}
+
+/** The subscription hub of this instance: fan-out of live readings to local sockets. */
+export default fp(async function hub (fastify) {
+  const hub = new Hub(fastify.heartStore, fastify.log)
+  fastify.decorate('hub', hub)
+  fastify.addHook('onClose', async () => hub.close())
+}, { name: 'hub', dependencies: ['store'] })

@@ -1,0 +1,27 @@
+import fp from 'fastify-plugin'
+import type { Redis } from 'ioredis'
+import { MemoryStore } from '../src/heart/memory-store.js'
+import { RedisStore } from '../src/heart/redis-store.js'
+import type { HeartStore } from '../src/heart/store.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    heartStore: HeartStore
+  }
+}
+
+/** The heart store: Redis when REDIS_URL is set, the embedded in-process store otherwise. */
+export default fp(async function store (fastify) {
+  const { HEART_KEY_PREFIX, HISTORY_MAX } = fastify.config
+  let store: HeartStore
+  if (fastify.hasDecorator('redis')) {
+    const subscriber: Redis = fastify.redis.duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined })
+    subscriber.on('error', (err: Error) => fastify.log.debug({ err }, 'redis feed connection error'))
+    store = new RedisStore({ redis: fastify.redis, subscriber, prefix: HEART_KEY_PREFIX, historyMax: HISTORY_MAX })
+  } else {
+    store = new MemoryStore(HISTORY_MAX)
+    fastify.log.warn('REDIS_URL is not set: using the embedded store (one instance only; nothing survives a restart)')
+  }
+  fastify.decorate('heartStore', store)
+  fastify.addHook('onClose', async () => { await store.close() })
+}, { name: 'store', dependencies: ['config', 'redis'] })

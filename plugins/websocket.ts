@@ -1,0 +1,64 @@
+import fp from 'fastify-plugin'
+import fastifyWebsocket from '@fastify/websocket'
+import type { WebSocket } from 'ws'
+import { CloseCode } from '../src/heart/protocol.js'
+
+/** How long sockets get to answer the 1001 close handshake at shutdown before they are cut. */
+const CLOSE_HANDSHAKE_MS = 1000
+
+/**
+ * WebSocket support for every route: the frame size limit (ws closes with 1009 past it),
+ * protocol-level pings every PING_INTERVAL_MS (below nginx's proxy_read_timeout) that terminate
+ * peers which missed the previous one, and close code 1001 for every socket at shutdown.
+ */
+export default fp(async function websocket (fastify) {
+  const { MAX_PAYLOAD_BYTES, PING_INTERVAL_MS } = fastify.config
+  await fastify.register(fastifyWebsocket, {
+    options: { maxPayload: MAX_PAYLOAD_BYTES },
+    // ws has already started the right close (1009 for a frame too big, 1002 for a protocol error).
+    errorHandler (err, _socket, request) {
+      request.log.info({ err }, 'websocket error')
+    },
+    preClose (done) {
+      const clients = [...fastify.websocketServer.clients]
+      if (clients.length === 0) {
+        done()
+        return
+      }
+      let open = clients.length
+      const timer = setTimeout(finish, CLOSE_HANDSHAKE_MS)
+      function finish (): void {
+        clearTimeout(timer)
+        for (const c of clients) c.terminate()
+        done()
+      }
+      for (const client of clients) {
+        client.once('close', () => { if (--open === 0) finish() })
+        client.close(CloseCode.GOING_AWAY, 'server shutting down')
+      }
+    }
+  })
+
+  // One timer for all sockets; a socket counts as alive when it answered a ping or sent anything.
+  const alive = new WeakSet<WebSocket>()
+  function markAlive (this: WebSocket): void {
+    alive.add(this)
+  }
+  fastify.websocketServer.on('connection', (ws: WebSocket) => {
+    alive.add(ws)
+    ws.on('pong', markAlive)
+    ws.on('message', markAlive)
+  })
+  const heartbeat = setInterval(() => {
+    for (const ws of fastify.websocketServer.clients) {
+      if (!alive.has(ws)) {
+        ws.terminate()
+        continue
+      }
+      alive.delete(ws)
+      ws.ping()
+    }
+  }, PING_INTERVAL_MS)
+  heartbeat.unref()
+  fastify.addHook('onClose', async () => clearInterval(heartbeat))
+}, { name: 'websocket', dependencies: ['config'] })

@@ -1,0 +1,42 @@
+import type { FastifyInstance, FastifyError } from 'fastify'
+import config, { type ConfigOptions } from '../plugins/config.js'
+import redis from '../plugins/redis.js'
+import store from '../plugins/store.js'
+import hub from '../plugins/hub.js'
+import auth from '../plugins/auth.js'
+import lifecycle from '../plugins/lifecycle.js'
+import websocket from '../plugins/websocket.js'
+import health from '../routes/health.js'
+import heartCurrent from '../routes/heart/current.js'
+import { StoreUnavailableError } from './heart/store.js'
+
+export type AppOptions = ConfigOptions
+
+/**
+ * The whole service as a plugin: tests build it without listening, src/server.ts runs it.
+ * Order: config first (everything reads fastify.config while registering), then the plugins that
+ * own resources, then routes.
+ */
+export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
+  await fastify.register(config, opts)
+  await fastify.register(lifecycle)
+  await fastify.register(redis)
+  await fastify.register(store)
+  await fastify.register(hub)
+  await fastify.register(auth)
+  await fastify.register(websocket)
+
+  fastify.setErrorHandler((err: FastifyError, request, reply) => {
+    if (err instanceof StoreUnavailableError) {
+      request.log.warn({ err: err.cause }, 'heart store unavailable')
+      return reply.code(503).send({ statusCode: 503, error: 'Service Unavailable', message: 'heart-rate store is unavailable, try again shortly' })
+    }
+    const status = err.statusCode ?? 500
+    if (status < 500) return reply.code(status).send({ statusCode: status, error: err.name === 'Error' ? 'Bad Request' : err.name, message: err.message })
+    request.log.error({ err }, 'request failed')
+    return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'internal error' })
+  })
+
+  await fastify.register(health)
+  await fastify.register(heartCurrent)
+}

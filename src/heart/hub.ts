@@ -1,0 +1,203 @@
+import { compareIds, type Current } from './reading.js'
+import { readingFrame } from './protocol.js'
+import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading } from './store.js'
+
+/** Where a subscription's frames go: a socket session. */
+export interface Watcher {
+  /** A live reading frame for `userId`; the watcher may conflate these when it is slow. */
+  push (userId: string, frame: string): void
+  /** A frame that must not be dropped (replay). */
+  send (frame: string): void
+}
+
+interface Held {
+  frame: string
+  id: string | null
+}
+
+/** One socket watching one user. */
+export class Subscription {
+  /** Newest history id this watcher has been sent. */
+  lastId: string | null = null
+  /** Readings that arrived while the watcher was being caught up; null once it is live. */
+  held: Held[] | null = []
+  active = true
+
+  constructor (readonly watcher: Watcher, readonly userId: string) {}
+
+  offer (frame: string, id: string | null): void {
+    if (this.held !== null) {
+      this.held.push({ frame, id })
+      return
+    }
+    this.watcher.push(this.userId, frame)
+    if (id !== null) this.lastId = id
+  }
+
+  /** Sends what was held, minus what the replay already covered, and goes live. */
+  goLive (): void {
+    const held = this.held ?? []
+    this.held = null
+    for (const h of held) {
+      if (h.id !== null && this.lastId !== null && compareIds(h.id, this.lastId) <= 0) continue
+      this.offer(h.frame, h.id)
+    }
+  }
+}
+
+/** Everything this instance knows about one watched user. */
+interface Topic {
+  subs: Set<Subscription>
+  /** Resolves once the feed subscription exists (or is remembered for when the feed reconnects). */
+  ready: Promise<void>
+  /** Newest id delivered live: anything older or equal is a duplicate. */
+  lastDelivered: string | null
+  /** Where to fill from after the feed resumes: the newest id this instance knows about. */
+  cursor: string | null
+  /** Readings that arrived while a fill was pending; null when live. */
+  buffered: LiveReading[] | null
+  filling: boolean
+}
+
+export interface SubscribeResult {
+  current: Current | null
+  truncated: boolean
+}
+
+export interface HubLog {
+  warn (obj: object, msg: string): void
+}
+
+const FILL_RETRY_MS = 1000
+
+/**
+ * Fan-out on one instance: one feed subscription per watched user however many local sockets
+ * watch it (reference-counted), each reading serialised once and handed to every watcher, and
+ * gap-free recovery both for a socket resuming with `since` and for this instance when its feed
+ * connection comes back (it refills every topic from history, skipping what it already delivered).
+ */
+export class Hub implements FeedListener {
+  private readonly topics = new Map<string, Topic>()
+  private closed = false
+
+  constructor (private readonly store: HeartStore, private readonly log: HubLog) {
+    store.feed.setListener(this)
+  }
+
+  get topicCount (): number {
+    return this.topics.size
+  }
+
+  get subscriptionCount (): number {
+    let n = 0
+    for (const t of this.topics.values()) n += t.subs.size
+    return n
+  }
+
+  /**
+   * Subscribes a watcher. `onSubscribed` runs before any reading of this subscription is sent;
+   * then come the replayed readings after `since`, then live ones, with no gap or duplicate at the seam.
+   */
+  async subscribe (sub: Subscription, since: string | undefined, onSubscribed: (r: SubscribeResult) => void): Promise<void> {
+    const { watcher, userId } = sub
+    const topic = this.acquire(sub)
+    try {
+      await topic.ready
+      const snap = await this.store.snapshot(userId)
+      if (snap.lastId !== null && (topic.cursor === null || compareIds(snap.lastId, topic.cursor) > 0)) topic.cursor = snap.lastId
+      topic.cursor ??= '0-0'
+      let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
+      if (!sub.active) return
+      onSubscribed({ current: snap.current, truncated: page?.truncated ?? false })
+      while (page !== null && page.readings.length > 0) {
+        for (const r of page.readings) watcher.send(readingFrame(userId, r))
+        sub.lastId = page.readings[page.readings.length - 1].id
+        page = page.readings.length < HISTORY_PAGE_MAX ? null : await this.store.history(userId, { since: sub.lastId, limit: HISTORY_PAGE_MAX })
+        if (!sub.active) return
+      }
+      sub.goLive()
+    } catch (err) {
+      this.unsubscribe(sub)
+      throw err
+    }
+  }
+
+  unsubscribe (sub: Subscription): void {
+    sub.active = false
+    const topic = this.topics.get(sub.userId)
+    if (topic === undefined || !topic.subs.delete(sub) || topic.subs.size > 0) return
+    this.topics.delete(sub.userId)
+    this.store.feed.unwatch(sub.userId).catch((err) => this.log.warn({ err, userId: sub.userId }, 'unwatch failed'))
+  }
+
+  private acquire (sub: Subscription): Topic {
+    let topic = this.topics.get(sub.userId)
+    if (topic === undefined) {
+      topic = { subs: new Set(), ready: this.store.feed.watch(sub.userId), lastDelivered: null, cursor: null, buffered: null, filling: false }
+      this.topics.set(sub.userId, topic)
+    }
+    topic.subs.add(sub)
+    return topic
+  }
+
+  reading (userId: string, r: LiveReading): void {
+    const topic = this.topics.get(userId)
+    if (topic === undefined) return
+    if (topic.buffered !== null) topic.buffered.push(r)
+    else this.deliver(topic, userId, r)
+  }
+
+  private deliver (topic: Topic, userId: string, r: LiveReading): void {
+    if (r.id !== null) {
+      if (topic.lastDelivered !== null && compareIds(r.id, topic.lastDelivered) <= 0) return
+      topic.lastDelivered = r.id
+      if (topic.cursor === null || compareIds(r.id, topic.cursor) > 0) topic.cursor = r.id
+    }
+    const frame = readingFrame(userId, r)
+    for (const sub of topic.subs) sub.offer(frame, r.id)
+  }
+
+  resumed (): void {
+    for (const [userId, topic] of this.topics) void this.fill(userId, topic)
+  }
+
+  /**
+   * Delivers from history what was published while the feed was away, then what arrived meanwhile.
+   * Until a fill succeeds, live readings stay buffered: delivering them first would move the
+   * topic past the gap and hide it.
+   */
+  private async fill (userId: string, topic: Topic): Promise<void> {
+    if (topic.filling || topic.cursor === null) return
+    topic.filling = true
+    topic.buffered ??= []
+    try {
+      let since = topic.cursor
+      for (;;) {
+        const page = await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
+        for (const r of page.readings) this.deliver(topic, userId, r)
+        if (page.readings.length < HISTORY_PAGE_MAX) break
+        since = page.readings[page.readings.length - 1].id
+      }
+      const buffered = topic.buffered
+      topic.buffered = null
+      for (const r of buffered) this.deliver(topic, userId, r)
+    } catch (err) {
+      this.log.warn({ err, userId }, 'could not fill readings missed while the feed was away; retrying')
+      if (!this.closed) {
+        setTimeout(() => {
+          if (this.topics.get(userId) === topic) void this.fill(userId, topic)
+        }, FILL_RETRY_MS).unref()
+      }
+    } finally {
+      topic.filling = false
+    }
+  }
+
+  close (): void {
+    this.closed = true
+    for (const topic of this.topics.values()) {
+      for (const sub of topic.subs) sub.active = false
+    }
+    this.topics.clear()
+  }
+}

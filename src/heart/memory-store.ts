@@ -1,0 +1,111 @@
+import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
+import type { FeedListener, HeartStore, HistoryPage, HistoryQuery, ReadingFeed, Snapshot } from './store.js'
+
+interface UserData {
+  current: Current | null
+  history: StoredReading[]
+  /** Newest id trimmed away, as Redis reports max-deleted-entry-id. */
+  maxDeletedId: string
+}
+
+/** The live feed of one process: delivery is asynchronous, as it is through Redis pub/sub. */
+class MemoryFeed implements ReadingFeed {
+  private listener: FeedListener | null = null
+  readonly watched = new Set<string>()
+
+  setListener (listener: FeedListener): void {
+    this.listener = listener
+  }
+
+  async watch (userId: string): Promise<void> {
+    this.watched.add(userId)
+  }
+
+  async unwatch (userId: string): Promise<void> {
+    this.watched.delete(userId)
+  }
+
+  publish (userId: string, readings: StoredReading[]): void {
+    if (!this.watched.has(userId)) return
+    queueMicrotask(() => {
+      for (const r of readings) this.listener?.reading(userId, r)
+    })
+  }
+}
+
+/**
+ * The embedded store: everything in this process, for one instance and for trying the service
+ * without Redis. Same contract as the Redis store, nothing survives a restart.
+ */
+export class MemoryStore implements HeartStore {
+  readonly kind = 'memory'
+  readonly feed = new MemoryFeed()
+  private readonly users = new Map<string, UserData>()
+  private lastMs = 0
+  private seq = 0
+
+  constructor (private readonly historyMax: number) {}
+
+  private user (userId: string): UserData {
+    let data = this.users.get(userId)
+    if (data === undefined) {
+      data = { current: null, history: [], maxDeletedId: '0-0' }
+      this.users.set(userId, data)
+    }
+    return data
+  }
+
+  /** Ids as Redis streams make them: milliseconds, then a sequence within the millisecond. */
+  private nextId (): string {
+    const now = Date.now()
+    if (now > this.lastMs) {
+      this.lastMs = now
+      this.seq = 0
+    } else {
+      this.seq++
+    }
+    return `${this.lastMs}-${this.seq}`
+  }
+
+  async ping (): Promise<void> {}
+
+  async current (userId: string): Promise<Current | null> {
+    return this.users.get(userId)?.current ?? null
+  }
+
+  async snapshot (userId: string): Promise<Snapshot> {
+    const data = this.users.get(userId)
+    return { current: data?.current ?? null, lastId: data?.history.at(-1)?.id ?? null }
+  }
+
+  async append (userId: string, readings: NewReading[]): Promise<string[]> {
+    const data = this.user(userId)
+    const stored = readings.map((r) => ({ id: this.nextId(), bpm: r.bpm, ts: r.ts }))
+    data.history.push(...stored)
+    const excess = data.history.length - this.historyMax
+    if (excess > 0) {
+      data.maxDeletedId = data.history[excess - 1].id
+      data.history.splice(0, excess)
+    }
+    for (const r of stored) {
+      if (data.current === null || data.current.ts === null || r.ts > data.current.ts) {
+        data.current = { bpm: r.bpm, ts: r.ts }
+      }
+    }
+    this.feed.publish(userId, stored)
+    return stored.map((r) => r.id)
+  }
+
+  async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {
+    const data = this.users.get(userId)
+    if (data === undefined) return { readings: [], truncated: false }
+    if (since === undefined) return { readings: data.history.slice(-limit), truncated: false }
+    const start = data.history.findIndex((r) => compareIds(r.id, since) > 0)
+    const readings = start === -1 ? [] : data.history.slice(start, start + limit)
+    return { readings, truncated: compareIds(since, data.maxDeletedId) < 0 }
+  }
+
+  async close (): Promise<void> {
+    this.users.clear()
+  }
+}

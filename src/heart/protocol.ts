@@ -1,0 +1,124 @@
+/**
+ * The wire protocol of /heart/current: frame types, error codes and close codes.
+ * docs/protocol.md documents every one of them; test/protocol-doc.test.ts keeps the two in step.
+ */
+import { isHistoryId, isUserId, type Current, type StoredReading } from './reading.js'
+import type { LiveReading } from './store.js'
+
+/** JSON frame types a client may send. */
+export const CLIENT_FRAME_TYPES = ['get', 'ping', 'subscribe', 'unsubscribe'] as const
+export type ClientFrameType = typeof CLIENT_FRAME_TYPES[number]
+
+/** Codes of `{"type":"error","code":…}` frames. */
+export const ERROR_CODES = [
+  'bad_request', 'forbidden', 'unavailable', 'internal', 'too_many_subscriptions'
+] as const
+export type ErrorCode = typeof ERROR_CODES[number]
+
+/** Close codes the server uses, with what a client should do (docs/protocol.md). */
+export const CloseCode = {
+  /** Server shutting down: reconnect at once (another instance answers). */
+  GOING_AWAY: 1001,
+  /** Frame over MAX_PAYLOAD_BYTES (sent by ws itself). */
+  TOO_BIG: 1009,
+  /** Unexpected server error. */
+  INTERNAL: 1011,
+  /** Too slow to read what it is sent: back off, reconnect with `since`. */
+  TRY_AGAIN_LATER: 1013
+} as const
+
+export type ReqId = string | number
+
+export interface ParsedFrame {
+  type: ClientFrameType
+  userId?: string
+  since?: string
+  reqId?: ReqId
+}
+
+export class FrameError extends Error {
+  constructor (readonly code: ErrorCode, message: string, readonly reqId?: ReqId) {
+    super(message)
+  }
+}
+
+const REQ_ID_MAX = 64
+
+function readReqId (value: unknown): ReqId | undefined {
+  if (value === undefined) return undefined
+  if (typeof value === 'string' && value.length > 0 && value.length <= REQ_ID_MAX) return value
+  if (typeof value === 'number' && Number.isSafeInteger(value)) return value
+  throw new FrameError('bad_request', `reqId must be a string of 1-${REQ_ID_MAX} characters or an integer`)
+}
+
+/** Parses a JSON frame (the text starts with `{`). Shape errors carry the frame's reqId when it has a usable one. */
+export function parseJsonFrame (text: string): ParsedFrame {
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch {
+    throw new FrameError('bad_request', 'frame is not valid JSON')
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new FrameError('bad_request', 'frame must be a JSON object')
+  }
+  const obj = raw as Record<string, unknown>
+  const reqId = readReqId(obj.reqId)
+  const type = obj.type
+  if (typeof type !== 'string' || !(CLIENT_FRAME_TYPES as readonly string[]).includes(type)) {
+    throw new FrameError('bad_request', `unknown frame type; expected one of ${CLIENT_FRAME_TYPES.join(', ')}`, reqId)
+  }
+  const frame: ParsedFrame = { type: type as ClientFrameType }
+  if (reqId !== undefined) frame.reqId = reqId
+  if (type === 'ping') return frame
+  if (!isUserId(obj.userId)) {
+    throw new FrameError('bad_request', 'userId must be 1-64 characters of A-Z a-z 0-9 _ -', reqId)
+  }
+  frame.userId = obj.userId
+  if (type === 'subscribe' && obj.since !== undefined) {
+    if (!isHistoryId(obj.since)) throw new FrameError('bad_request', 'since must be a history id like "1764115200000-0"', reqId)
+    frame.since = obj.since
+  }
+  return frame
+}
+
+function reqIdTail (reqId: ReqId | undefined): string {
+  return reqId === undefined ? '}' : `,"reqId":${JSON.stringify(reqId)}}`
+}
+
+/*
+ * Frame builders. User ids and history ids are validated to safe characters and numbers are
+ * numbers, so frames are assembled as strings (these are the hot frames); only reqId and
+ * messages go through JSON.stringify.
+ */
+export function errorFrame (code: ErrorCode, message: string, reqId?: ReqId): string {
+  return `{"type":"error","code":"${code}","message":${JSON.stringify(message)}${reqIdTail(reqId)}`
+}
+
+export function currentFrame (userId: string, current: Current | null, reqId?: ReqId): string {
+  const bpm = current === null ? 'null' : String(current.bpm)
+  const ts = current === null || current.ts === null ? 'null' : String(current.ts)
+  return `{"type":"current","userId":"${userId}","bpm":${bpm},"ts":${ts}${reqIdTail(reqId)}`
+}
+
+export function pongFrame (reqId?: ReqId): string {
+  return `{"type":"pong","ts":${Date.now()}${reqIdTail(reqId)}`
+}
+
+export function subscribedFrame (userId: string, current: Current | null, truncated: boolean, reqId?: ReqId): string {
+  const cur = current === null ? 'null' : `{"bpm":${current.bpm},"ts":${current.ts === null ? 'null' : current.ts}}`
+  return `{"type":"subscribed","userId":"${userId}","current":${cur}${truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
+}
+
+export function unsubscribedFrame (userId: string, reqId?: ReqId): string {
+  return `{"type":"unsubscribed","userId":"${userId}"${reqIdTail(reqId)}`
+}
+
+export function readingFrame (userId: string, r: LiveReading | StoredReading): string {
+  return `{"type":"reading","userId":"${userId}","id":${r.id === null ? 'null' : `"${r.id}"`},"bpm":${r.bpm},"ts":${r.ts}}`
+}
+
+/** The original protocol's answer: the heart rate as a decimal string, `0` when there is none. */
+export function legacyReply (current: Current | null): string {
+  return current === null ? '0' : String(current.bpm)
+}

@@ -1,0 +1,34 @@
+/**
+ * The Redis layout, shared with other writers and readers (README, "Redis layout").
+ *
+ * - `<prefix><userId>`            the current bpm as a decimal string: the original system's key,
+ *                                 so `HEART_KEY_PREFIX=""` gives `SET <userId> <bpm>` as before.
+ * - `{<prefix><userId>}:ts`       `<ts>:<bpm>`: when the service last moved the current value, and to what.
+ * - `{<prefix><userId>}:history`  a stream of readings (`bpm`, `ts` fields), capped near HISTORY_MAX.
+ * - `{<prefix><userId>}:live`     the pub/sub channel new readings are published on.
+ *
+ * The braces are a cluster hash tag whose content is the legacy key itself, so all four hash
+ * to the legacy key's slot (and a prefix must not contain braces). User ids cannot contain
+ * braces or colons, so these names never collide with a legacy key.
+ */
+export interface UserKeys {
+  current: string
+  meta: string
+  history: string
+  channel: string
+}
+
+export function userKeys (prefix: string, userId: string): UserKeys {
+  const current = prefix + userId
+  const tag = `{${current}}`
+  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live` }
+}
+
+const CHANNEL_SUFFIX = '}:live'
+
+/** The user id a live channel belongs to, or null for a channel that is not ours. */
+export function userIdOfChannel (prefix: string, channel: string): string | null {
+  const head = '{' + prefix
+  if (!channel.startsWith(head) || !channel.endsWith(CHANNEL_SUFFIX)) return null
+  return channel.slice(head.length, -CHANNEL_SUFFIX.length)
+}

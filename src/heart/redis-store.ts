@@ -1,0 +1,232 @@
+import { createHash } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
+import { userIdOfChannel, userKeys } from './redis-keys.js'
+import {
+  StoreUnavailableError,
+  type FeedListener, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type ReadingFeed, type Snapshot
+} from './store.js'
+
+/** A Lua script run by its SHA, loaded again when Redis has forgotten it (after a restart). */
+class LuaScript {
+  private readonly sha: string
+  constructor (private readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex')
+  }
+
+  async run (redis: Redis, keys: string[], args: Array<string | number>): Promise<unknown> {
+    try {
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
+      return await redis.eval(this.source, keys.length, ...keys, ...args)
+    }
+  }
+}
+
+/*
+ * Ingest, all or nothing: types are checked before the first write (Redis does not roll a
+ * script back), and the shebang makes Redis refuse the whole script up front when it is out of memory.
+ * KEYS: current, meta, history. ARGV: history max, publish command, channel, then bpm, ts pairs.
+ */
+const INGEST = new LuaScript(`#!lua
+local function kind (key) return redis.call('TYPE', key)['ok'] end
+local k1, k2, k3 = kind(KEYS[1]), kind(KEYS[2]), kind(KEYS[3])
+if (k1 ~= 'none' and k1 ~= 'string') or (k2 ~= 'none' and k2 ~= 'string') or (k3 ~= 'none' and k3 ~= 'stream') then
+  return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
+end
+local meta = redis.call('GET', KEYS[2])
+local newest = -1
+if meta then newest = tonumber(string.match(meta, '^(%d+)')) or -1 end
+local ids, msgs, newTs, newBpm = {}, {}, nil, nil
+for i = 4, #ARGV, 2 do
+  local bpm, ts = ARGV[i], ARGV[i + 1]
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'bpm', bpm, 'ts', ts)
+  ids[#ids + 1] = id
+  msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
+  local t = tonumber(ts)
+  if t > newest then newest, newTs, newBpm = t, ts, bpm end
+end
+if newBpm then
+  redis.call('SET', KEYS[1], newBpm)
+  redis.call('SET', KEYS[2], newTs .. ':' .. newBpm)
+end
+redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
+return ids
+`)
+
+/* Current value and newest history id, read together. KEYS: current, meta, history. */
+const SNAPSHOT = new LuaScript(`#!lua flags=no-writes
+local v = redis.call('MGET', KEYS[1], KEYS[2])
+local last = false
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local e = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  if e[1] then last = e[1][1] end
+end
+return { v[1], v[2], last }
+`)
+
+/* Readings after an id, and the newest id trimmed away (to tell a client its replay is truncated). KEYS: history. ARGV: since, count. */
+const HISTORY_SINCE = new LuaScript(`#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then return { {}, '0-0' } end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local maxDeleted = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then maxDeleted = info[i + 1] end
+end
+return { redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2]), maxDeleted }
+`)
+
+type StreamEntry = [id: string, fields: string[]]
+
+function parseEntry ([id, fields]: StreamEntry): StoredReading {
+  let bpm = NaN
+  let ts = NaN
+  for (let i = 0; i < fields.length; i += 2) {
+    if (fields[i] === 'bpm') bpm = Number(fields[i + 1])
+    else if (fields[i] === 'ts') ts = Number(fields[i + 1])
+  }
+  return { id, bpm, ts }
+}
+
+/** Reads the legacy key and the service's `<ts>:<bpm>` beside it. A value some other writer set has no known time. */
+function parseCurrent (value: string | null, meta: string | null): Current | null {
+  if (value === null) return null
+  const bpm = Number(value)
+  if (value === '' || !Number.isFinite(bpm)) return null
+  let ts: number | null = null
+  if (meta !== null) {
+    const sep = meta.indexOf(':')
+    if (meta.slice(sep + 1) === value) ts = Number(meta.slice(0, sep))
+  }
+  return { bpm, ts }
+}
+
+async function guarded<T> (op: () => Promise<T>): Promise<T> {
+  try {
+    return await op()
+  } catch (err) {
+    throw new StoreUnavailableError(err)
+  }
+}
+
+export interface RedisStoreOptions {
+  /** Commands; the store does not own it. */
+  redis: Redis
+  /** A connection of its own for pub/sub, owned and closed by the store. */
+  subscriber: Redis
+  prefix: string
+  historyMax: number
+}
+
+/**
+ * One Redis subscription per watched user on a dedicated connection. It resubscribes by itself
+ * when the connection comes back, then tells the hub, which fills what was missed from history.
+ */
+class RedisFeed implements ReadingFeed {
+  private listener: FeedListener | null = null
+  private readonly channels = new Map<string, string>()
+  private wasReady = false
+
+  constructor (private readonly sub: Redis, private readonly prefix: string) {
+    sub.on('message', (channel: string, message: string) => this.onMessage(channel, message))
+    sub.on('ready', () => { void this.onReady() })
+  }
+
+  setListener (listener: FeedListener): void {
+    this.listener = listener
+  }
+
+  async watch (userId: string): Promise<void> {
+    const channel = userKeys(this.prefix, userId).channel
+    this.channels.set(userId, channel)
+    // While disconnected the subscription is only remembered; onReady makes it and the hub fills the gap.
+    if (this.sub.status === 'ready') await this.sub.subscribe(channel).catch(() => {})
+  }
+
+  async unwatch (userId: string): Promise<void> {
+    const channel = this.channels.get(userId)
+    if (channel === undefined) return
+    this.channels.delete(userId)
+    if (this.sub.status === 'ready') await this.sub.unsubscribe(channel).catch(() => {})
+  }
+
+  private async onReady (): Promise<void> {
+    const resumed = this.wasReady
+    this.wasReady = true
+    if (this.channels.size > 0) {
+      try {
+        await this.sub.subscribe(...this.channels.values())
+      } catch {
+        return // the connection dropped again; the next 'ready' retries
+      }
+    }
+    if (resumed) this.listener?.resumed()
+  }
+
+  private onMessage (channel: string, message: string): void {
+    const userId = userIdOfChannel(this.prefix, channel)
+    if (userId === null || this.listener === null) return
+    let readings: LiveReading[]
+    try {
+      readings = JSON.parse(message)
+    } catch {
+      return
+    }
+    for (const r of readings) this.listener.reading(userId, r)
+  }
+}
+
+export class RedisStore implements HeartStore {
+  readonly kind = 'redis'
+  readonly feed: RedisFeed
+  private readonly redis: Redis
+  private readonly subscriber: Redis
+  private readonly prefix: string
+  private readonly historyMax: number
+
+  constructor (opts: RedisStoreOptions) {
+    this.redis = opts.redis
+    this.subscriber = opts.subscriber
+    this.prefix = opts.prefix
+    this.historyMax = opts.historyMax
+    this.feed = new RedisFeed(opts.subscriber, opts.prefix)
+  }
+
+  async ping (): Promise<void> {
+    await guarded(() => this.redis.ping())
+  }
+
+  async current (userId: string): Promise<Current | null> {
+    const k = userKeys(this.prefix, userId)
+    const [value, meta] = await guarded(() => this.redis.mget(k.current, k.meta))
+    return parseCurrent(value, meta)
+  }
+
+  async snapshot (userId: string): Promise<Snapshot> {
+    const k = userKeys(this.prefix, userId)
+    const [value, meta, lastId] = await guarded(() => SNAPSHOT.run(this.redis, [k.current, k.meta, k.history], [])) as [string | null, string | null, string | null]
+    return { current: parseCurrent(value, meta), lastId: lastId ?? null }
+  }
+
+  async append (userId: string, readings: NewReading[]): Promise<string[]> {
+    const k = userKeys(this.prefix, userId)
+    const args: Array<string | number> = [this.historyMax, 'PUBLISH', k.channel]
+    for (const r of readings) args.push(r.bpm, r.ts)
+    return await guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history], args)) as string[]
+  }
+
+  async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {
+    const key = userKeys(this.prefix, userId).history
+    if (since === undefined) {
+      const entries = await guarded(() => this.redis.xrevrange(key, '+', '-', 'COUNT', limit)) as StreamEntry[]
+      return { readings: entries.reverse().map(parseEntry), truncated: false }
+    }
+    const [entries, maxDeleted] = await guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], string]
+    return { readings: entries.map(parseEntry), truncated: maxDeleted !== '0-0' && compareIds(since, maxDeleted) < 0 }
+  }
+
+  async close (): Promise<void> {
+    this.subscriber.disconnect()
+  }
+}

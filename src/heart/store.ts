@@ -1,0 +1,71 @@
+import type { Current, NewReading, StoredReading } from './reading.js'
+
+/** What a reading looks like when it reaches the live feed. `id` is null for values seen from writers that only `SET` the legacy key. */
+export interface LiveReading {
+  id: string | null
+  bpm: number
+  ts: number
+}
+
+export interface Snapshot {
+  current: Current | null
+  /** Newest history id of the user, or null when the history is empty. */
+  lastId: string | null
+}
+
+export interface HistoryPage {
+  readings: StoredReading[]
+  /** True when `since` was given and readings after it were trimmed from history (HISTORY_MAX). */
+  truncated: boolean
+}
+
+export interface HistoryQuery {
+  /** Exclusive lower bound; without it the newest `limit` readings are returned. */
+  since?: string | undefined
+  limit: number
+}
+
+/** Receives what the live feed delivers. */
+export interface FeedListener {
+  reading (userId: string, reading: LiveReading): void
+  /** The feed's connection came back and every watched user is subscribed again: readings in between may have been missed. */
+  resumed (): void
+}
+
+/**
+ * The live side of a store: one subscription per watched user on this instance.
+ * `watch`/`unwatch` are called by the hub only, which reference-counts local watchers.
+ */
+export interface ReadingFeed {
+  setListener (listener: FeedListener): void
+  watch (userId: string): Promise<void>
+  unwatch (userId: string): Promise<void>
+}
+
+/**
+ * The only way routes and the hub reach heart-rate data. Implemented by the Redis store
+ * (shared by every instance) and the embedded store (one process, nothing survives a restart);
+ * both pass the same contract tests (test/store-contract.ts).
+ * Every method rejects with StoreUnavailableError when the backing store does not answer.
+ */
+export interface HeartStore {
+  readonly kind: 'redis' | 'memory'
+  readonly feed: ReadingFeed
+  ping (): Promise<void>
+  current (userId: string): Promise<Current | null>
+  snapshot (userId: string): Promise<Snapshot>
+  /** Appends to history, moves the current value forward when a reading is newer, publishes: all or nothing. Returns the history ids in order. */
+  append (userId: string, readings: NewReading[]): Promise<string[]>
+  history (userId: string, query: HistoryQuery): Promise<HistoryPage>
+  close (): Promise<void>
+}
+
+export class StoreUnavailableError extends Error {
+  constructor (cause: unknown) {
+    super('heart store unavailable', { cause })
+    this.name = 'StoreUnavailableError'
+  }
+}
+
+/** Largest page a single history read returns; replays page through longer histories. */
+export const HISTORY_PAGE_MAX = 1000

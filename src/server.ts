@@ -1,0 +1,67 @@
+import Fastify from 'fastify'
+import fp from 'fastify-plugin'
+import app from './app.js'
+import { loadConfig, trustProxyOption, type Config } from '../plugins/config.js'
+import { loggerOptions } from './logger.js'
+
+/** Past the drain and the close, a shutdown that still hangs is cut short. */
+const FORCE_EXIT_MS = 10000
+
+async function main (): Promise<void> {
+  let bootstrap: Config
+  try {
+    bootstrap = loadConfig(process.env)
+  } catch (err) {
+    process.stderr.write(`heart-gateway: invalid configuration: ${(err as Error).message}\n`)
+    process.exit(1)
+  }
+
+  const fastify = Fastify({
+    logger: loggerOptions(bootstrap.LOG_LEVEL),
+    trustProxy: trustProxyOption(bootstrap.TRUST_PROXY),
+    // Long-lived sockets are not requests: only plain HTTP is bounded by these.
+    requestTimeout: 30000,
+    connectionTimeout: 0,
+    return503OnClosing: true
+  })
+  // fp: the app's decorators (config, lifecycle) must be visible here, outside its scope.
+  fastify.register(fp(app))
+
+  try {
+    await fastify.ready()
+    await fastify.listen({ host: fastify.config.HOST, port: fastify.config.PORT })
+  } catch (err) {
+    fastify.log.fatal({ err }, 'could not start')
+    process.exit(1)
+  }
+
+  let stopping = false
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) {
+      fastify.log.warn({ signal }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    stopping = true
+    const grace = fastify.config.SHUTDOWN_GRACE_MS
+    fastify.log.info({ signal, graceMs: grace }, 'shutting down: draining')
+    setTimeout(() => {
+      fastify.log.error('shutdown did not finish in time: exiting')
+      process.exit(1)
+    }, grace + FORCE_EXIT_MS).unref()
+    // Health turns 503 and new sockets are refused; existing ones keep working while load balancers move traffic away.
+    fastify.lifecycle.draining = true
+    await new Promise((resolve) => setTimeout(resolve, grace))
+    try {
+      await fastify.close()
+      fastify.log.info('shut down')
+      process.exit(0)
+    } catch (err) {
+      fastify.log.error({ err }, 'error while shutting down')
+      process.exit(1)
+    }
+  }
+  process.on('SIGTERM', () => { void stop('SIGTERM') })
+  process.on('SIGINT', () => { void stop('SIGINT') })
+}
+
+void main()

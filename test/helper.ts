@@ -1,0 +1,229 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { createSigner } from 'fast-jwt'
+import tap from 'tap'
+import type { WebSocket } from 'ws'
+import app from '../src/app.js'
+import type { Env } from '../plugins/config.js'
+import { loggerOptions } from '../src/logger.js'
+import { RedisServer, freePort } from './redis-server.js'
+
+export { RedisServer, freePort }
+
+type Test = typeof tap
+
+export const TEST_SECRET = 'test-secret-of-at-least-32-characters-0123'
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+/** Signs a token the test app accepts (or, with other options, one it must refuse). */
+export function token (userId: string, opts: { ttlS?: number, secret?: string, claims?: Record<string, unknown> } = {}): string {
+  const sign = createSigner({ key: opts.secret ?? TEST_SECRET, algorithm: 'HS256', expiresIn: (opts.ttlS ?? 3600) * 1000 })
+  return sign({ sub: userId, ...opts.claims })
+}
+
+export function bearer (userId: string): { authorization: string } {
+  return { authorization: `Bearer ${token(userId)}` }
+}
+
+let shared: Promise<RedisServer> | null = null
+
+/**
+ * The test file's private redis-server, started on first use and stopped when the file's tests end.
+ * Tests that stop Redis start their own with RedisServer.start() instead.
+ */
+export async function sharedRedis (): Promise<RedisServer> {
+  if (shared === null) {
+    shared = RedisServer.start()
+    const server = await shared
+    tap.teardown(() => server.stop())
+  }
+  return await shared
+}
+
+let prefixes = 0
+/** A key prefix of its own for each app, so tests sharing a Redis never see each other's keys. */
+export function uniquePrefix (): string {
+  return `t${process.pid}x${++prefixes}:`
+}
+
+export interface BuildOptions {
+  /** Receives every log line, as JSON text. */
+  logs?: string[]
+}
+
+/** Test settings: quiet, a known secret, small intervals. */
+export function testEnv (env: Env = {}): Env {
+  return { NODE_ENV: 'test', LOG_LEVEL: 'silent', JWT_SECRET: TEST_SECRET, ...env }
+}
+
+/** Builds the app as tests use it: not listening, closed when the test ends. */
+export async function build (t: Test, env: Env = {}, opts: BuildOptions = {}): Promise<FastifyInstance> {
+  const logs = opts.logs
+  const fastify = Fastify({
+    logger: logs === undefined
+      ? false
+      : { ...loggerOptions('trace'), stream: new Writable({ write (chunk, _enc, cb) { logs.push(String(chunk)); cb() } }) } as never
+  })
+  // Registered before ready(): a test failing during start-up must not leave Redis connections open.
+  t.teardown(() => fastify.close())
+  await fastify.register(fp(app), { env: testEnv({ LOG_LEVEL: logs === undefined ? 'silent' : 'trace', ...env }) })
+  await fastify.ready()
+  return fastify
+}
+
+/** Builds the app on the file's shared Redis with a prefix of its own. */
+export async function buildWithRedis (t: Test, env: Env = {}, opts: BuildOptions = {}): Promise<FastifyInstance> {
+  const redis = await sharedRedis()
+  return await build(t, { REDIS_URL: redis.url, HEART_KEY_PREFIX: uniquePrefix(), ...env }, opts)
+}
+
+/** Reads frames from a client socket in order. Attach it before sending anything. */
+export class Frames {
+  private readonly queue: string[] = []
+  private waiters: Array<() => void> = []
+  closeCode: number | null = null
+  readonly closed: Promise<number>
+
+  constructor (readonly ws: WebSocket) {
+    ws.on('message', (data) => {
+      this.queue.push(String(data))
+      this.wake()
+    })
+    this.closed = new Promise((resolve) => ws.once('close', (code) => {
+      this.closeCode = code
+      this.wake()
+      resolve(code)
+    }))
+  }
+
+  private wake (): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const w of waiters) w()
+  }
+
+  get pending (): number {
+    return this.queue.length
+  }
+
+  /** The next frame as text; rejects after `ms` or when the socket closes first. */
+  async next (ms = 3000): Promise<string> {
+    const deadline = Date.now() + ms
+    while (this.queue.length === 0) {
+      if (this.closeCode !== null) throw new Error(`socket closed (${this.closeCode}) while waiting for a frame`)
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`no frame within ${ms} ms`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        this.waiters.push(() => { clearTimeout(timer); resolve() })
+      })
+    }
+    return this.queue.shift() as string
+  }
+
+  async json (ms?: number): Promise<any> {
+    return JSON.parse(await this.next(ms))
+  }
+
+  /** Skips frames until one matches; returns it. */
+  async until (match: (frame: any) => boolean, ms = 3000): Promise<any> {
+    const deadline = Date.now() + ms
+    for (;;) {
+      const frame = await this.json(Math.max(1, deadline - Date.now()))
+      if (match(frame)) return frame
+    }
+  }
+
+  /** Sends a frame (objects as JSON) and returns the next one. */
+  async ask (frame: unknown, ms?: number): Promise<any> {
+    this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+    return await this.json(ms)
+  }
+
+  /** Waits `ms` and asserts nothing arrived meanwhile; returns what did. */
+  async quiet (ms: number): Promise<string[]> {
+    await new Promise((resolve) => setTimeout(resolve, ms))
+    return this.queue.splice(0)
+  }
+}
+
+/** Opens /heart/current on an in-process app as `userId`. */
+export async function openSocket (fastify: FastifyInstance, userId: string): Promise<Frames> {
+  const ws = await fastify.injectWS('/heart/current', { headers: bearer(userId) })
+  return new Frames(ws)
+}
+
+export interface ServerProcess {
+  port: number
+  url: string
+  proc: ChildProcess
+  logs: string[]
+  exitCode: Promise<number | null>
+  stop (signal?: NodeJS.Signals): Promise<number | null>
+}
+
+/** Runs the compiled server (dist/, as production does) with the given settings and waits until it listens. */
+export async function startServer (t: Test, env: Env = {}): Promise<ServerProcess> {
+  const port = await freePort()
+  const proc = spawn(process.execPath, ['dist/src/server.js'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, ...testEnv({ LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port), SHUTDOWN_GRACE_MS: '200', ...env }) },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const logs: string[] = []
+  let listening: () => void
+  const ready = new Promise<void>((resolve) => { listening = resolve })
+  let buffered = ''
+  const onData = (chunk: Buffer): void => {
+    buffered += String(chunk)
+    let nl
+    while ((nl = buffered.indexOf('\n')) !== -1) {
+      const line = buffered.slice(0, nl)
+      buffered = buffered.slice(nl + 1)
+      logs.push(line)
+      if (line.includes('Server listening')) listening()
+    }
+  }
+  proc.stdout?.on('data', onData)
+  proc.stderr?.on('data', onData)
+  const exitCode = once(proc, 'exit').then(([code]) => code as number | null)
+  t.teardown(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGKILL')
+      await exitCode
+    }
+  })
+  const started = await Promise.race([ready.then(() => true), exitCode.then(() => false), new Promise((resolve) => setTimeout(() => resolve(false), 15000))])
+  if (started !== true) throw new Error(`server did not start:\n${logs.join('\n')}`)
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    proc,
+    logs,
+    exitCode,
+    async stop (signal = 'SIGTERM') {
+      proc.kill(signal)
+      return await exitCode
+    }
+  }
+}
+
+export async function sleep (ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** Polls `check` until it returns true or `ms` passes; returns whether it did. */
+export async function eventually (check: () => boolean | Promise<boolean>, ms = 5000, every = 25): Promise<boolean> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      if (await check()) return true
+    } catch {}
+    if (Date.now() > deadline) return false
+    await sleep(every)
+  }
+}
