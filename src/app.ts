@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http'
 import type { FastifyInstance, FastifyError } from 'fastify'
 import config, { type ConfigOptions } from '../plugins/config.js'
 import redis from '../plugins/redis.js'
@@ -5,9 +6,11 @@ import store from '../plugins/store.js'
 import hub from '../plugins/hub.js'
 import auth from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
+import access from '../plugins/access.js'
 import websocket from '../plugins/websocket.js'
 import health from '../routes/health.js'
 import heartCurrent from '../routes/heart/current.js'
+import heartReadings from '../routes/heart/readings.js'
 import { StoreUnavailableError } from './heart/store.js'
 
 export type AppOptions = ConfigOptions
@@ -24,6 +27,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(store)
   await fastify.register(hub)
   await fastify.register(auth)
+  await fastify.register(access)
   await fastify.register(websocket)
 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
@@ -32,11 +36,12 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
       return reply.code(503).send({ statusCode: 503, error: 'Service Unavailable', message: 'heart-rate store is unavailable, try again shortly' })
     }
     const status = err.statusCode ?? 500
-    if (status < 500) return reply.code(status).send({ statusCode: status, error: err.name === 'Error' ? 'Bad Request' : err.name, message: err.message })
+    if (status < 500) return reply.code(status).send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: err.message })
     request.log.error({ err }, 'request failed')
     return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'internal error' })
   })
 
   await fastify.register(health)
   await fastify.register(heartCurrent)
+  await fastify.register(heartReadings)
 }

@@ -19,7 +19,7 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
       softBufferedBytes: Math.min(SOFT_BUFFERED_BYTES, MAX_BUFFERED_BYTES / 4),
       maxBufferedBytes: MAX_BUFFERED_BYTES
     },
-    canRead: async () => false
+    canRead: fastify.canRead
   }
 
   fastify.addHook('preValidation', async (_request, reply) => {

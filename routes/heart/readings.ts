@@ -1,0 +1,121 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Ajv } from 'ajv'
+import { apiKeyChecker } from '../../src/api-keys.js'
+import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, type NewReading } from '../../src/heart/reading.js'
+import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
+
+const BATCH_MAX = 500
+/** How far ahead of the server's clock a device's `ts` may be. */
+const FUTURE_TOLERANCE_MS = 60_000
+/** 2001-09-09: a smaller `ts` is almost always seconds sent where milliseconds belong. */
+const TS_MIN = 1_000_000_000_000
+
+const UserParams = Type.Object({ userId: Type.String({ pattern: USER_ID_PATTERN }) })
+
+const Reading = Type.Object({
+  bpm: Type.Integer({ minimum: BPM_MIN, maximum: BPM_MAX }),
+  ts: Type.Optional(Type.Integer({ minimum: TS_MIN, description: 'milliseconds since the epoch; server time when absent' }))
+}, { additionalProperties: false })
+
+/** One reading, or a batch of them: exactly one of `bpm` and `readings` (checked in the handler, so errors name the field). */
+const IngestBody = Type.Object({
+  bpm: Type.Optional(Reading.properties.bpm),
+  ts: Reading.properties.ts,
+  readings: Type.Optional(Type.Array(Reading, { minItems: 1, maxItems: BATCH_MAX }))
+}, { additionalProperties: false })
+
+const ErrorBody = Type.Object({ statusCode: Type.Integer(), error: Type.String(), message: Type.String() })
+
+const Accepted = Type.Object({
+  accepted: Type.Integer(),
+  ids: Type.Array(Type.String(), { description: 'history ids, in the order of the readings' })
+})
+
+const HistoryQuery = Type.Object({
+  since: Type.Optional(Type.String({ pattern: HISTORY_ID_PATTERN, description: 'exclusive: readings strictly after this history id' })),
+  limit: Type.Integer({ minimum: 1, maximum: HISTORY_PAGE_MAX, default: 100 })
+})
+
+const History = Type.Object({
+  userId: Type.String(),
+  readings: Type.Array(Type.Object({ id: Type.String(), bpm: Type.Integer(), ts: Type.Integer() })),
+  truncated: Type.Optional(Type.Boolean({ description: 'readings after `since` were already trimmed from history' }))
+})
+
+/*
+ * Bodies are validated without type coercion: a device sending "72" for 72 has a bug worth a 400.
+ * Query strings are text by nature, so `limit=5` is coerced as usual.
+ */
+const strictAjv = new Ajv({ coerceTypes: false, useDefaults: true, allErrors: false, strict: false })
+const queryAjv = new Ajv({ coerceTypes: true, useDefaults: true, removeAdditional: true, allErrors: false, strict: false })
+
+/**
+ * Readings of a user: devices and gateways POST them (API key), viewers GET history (Bearer token,
+ * same authorization as the socket). Ingest is atomic per request: all readings stored, current
+ * value moved and published, or nothing and a 503.
+ */
+const readings: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strictAjv : queryAjv).compile(schema))
+  const { INGEST_API_KEYS } = fastify.config
+  const validKey = apiKeyChecker(INGEST_API_KEYS)
+  if (INGEST_API_KEYS.length === 0) fastify.log.warn('INGEST_API_KEYS is not set: POST /heart/:userId/readings answers 401 to everyone')
+
+  fastify.post('/heart/:userId/readings', {
+    bodyLimit: 64 * 1024,
+    schema: {
+      summary: 'Ingest heart-rate readings of a user (devices, gateways)',
+      headers: Type.Object({ 'x-api-key': Type.Optional(Type.String()) }),
+      params: UserParams,
+      body: IngestBody,
+      response: { 202: Accepted, 400: ErrorBody, 401: ErrorBody, 503: ErrorBody }
+    },
+    preValidation: async (request, reply) => {
+      const key = request.headers['x-api-key']
+      if (!validKey(typeof key === 'string' ? key : undefined)) {
+        return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'missing or unknown x-api-key' })
+      }
+    }
+  }, async (request, reply) => {
+    const body = request.body
+    if ((body.bpm === undefined) === (body.readings === undefined)) {
+      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'body must have either bpm (one reading) or readings (a batch), not both' })
+    }
+    if (body.readings !== undefined && (body.ts !== undefined)) {
+      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'body/ts belongs inside each reading of a batch' })
+    }
+    const now = Date.now()
+    const batch = body.readings ?? [{ bpm: body.bpm as number, ts: body.ts }]
+    const list: NewReading[] = []
+    for (let i = 0; i < batch.length; i++) {
+      const ts = batch[i].ts ?? now
+      if (ts > now + FUTURE_TOLERANCE_MS) {
+        const field = body.readings === undefined ? 'body/ts' : `body/readings/${i}/ts`
+        return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: `${field} is more than 60 s in the future` })
+      }
+      list.push({ bpm: batch[i].bpm, ts })
+    }
+    const ids = await fastify.heartStore.append(request.params.userId, list)
+    return reply.code(202).send({ accepted: ids.length, ids })
+  })
+
+  fastify.get('/heart/:userId/readings', {
+    preValidation: fastify.authenticate,
+    schema: {
+      summary: 'History of a user, oldest first',
+      params: UserParams,
+      querystring: HistoryQuery,
+      response: { 200: History, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 503: ErrorBody }
+    }
+  }, async (request, reply) => {
+    const { userId } = request.params
+    const viewer = request.principal!.userId
+    if (!await fastify.canRead(viewer, userId)) {
+      return reply.code(403).send({ statusCode: 403, error: 'Forbidden', message: `not allowed to read ${userId}` })
+    }
+    const { since, limit } = request.query
+    const page = await fastify.heartStore.history(userId, { since, limit })
+    return page.truncated ? { userId, readings: page.readings, truncated: true } : { userId, readings: page.readings }
+  })
+}
+
+export default readings
