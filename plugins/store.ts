@@ -17,6 +17,7 @@ export default fp(async function store (fastify) {
   if (fastify.hasDecorator('redis')) {
     const subscriber: Redis = fastify.redis.duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined })
     subscriber.on('error', (err: Error) => fastify.log.debug({ err }, 'redis feed connection error'))
+    if (subscriber.status !== 'ready') await new Promise((resolve) => subscriber.once('ready', resolve))
     store = new RedisStore({ redis: fastify.redis, subscriber, prefix: HEART_KEY_PREFIX, historyMax: HISTORY_MAX })
   } else {
     store = new MemoryStore(HISTORY_MAX)

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
+import type { Current, NewReading, StoredReading } from './reading.js'
 import { userIdOfChannel, userKeys } from './redis-keys.js'
 import {
   StoreUnavailableError,
@@ -66,15 +66,29 @@ end
 return { v[1], v[2], last }
 `)
 
-/* Readings after an id, and the newest id trimmed away (to tell a client its replay is truncated). KEYS: history. ARGV: since, count. */
+/*
+ * Readings after an id, and whether any after it may have been trimmed: the stream has lost
+ * entries (entries-added > length) and `since` is older than the oldest entry kept. (Redis does
+ * not record which ids trimming removed, so a client whose `since` was exactly the newest trimmed
+ * entry is told `truncated` although it missed nothing.) KEYS: history. ARGV: since, count.
+ */
 const HISTORY_SINCE = new LuaScript(`#!lua flags=no-writes
-if redis.call('EXISTS', KEYS[1]) == 0 then return { {}, '0-0' } end
+if redis.call('EXISTS', KEYS[1]) == 0 then return { {}, 0 } end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local maxDeleted = '0-0'
+local len, added, first = 0, 0, nil
 for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then maxDeleted = info[i + 1] end
+  if info[i] == 'length' then len = info[i + 1]
+  elseif info[i] == 'entries-added' then added = info[i + 1]
+  elseif info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
 end
-return { redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2]), maxDeleted }
+local readings = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local truncated = 0
+if added > len and first then
+  local fms, fseq = string.match(first, '^(%d+)-(%d+)$')
+  local sms, sseq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  if tonumber(sms) < tonumber(fms) or (tonumber(sms) == tonumber(fms) and tonumber(sseq) < tonumber(fseq)) then truncated = 1 end
+end
+return { readings, truncated }
 `)
 
 type StreamEntry = [id: string, fields: string[]]
@@ -126,7 +140,6 @@ export interface RedisStoreOptions {
 class RedisFeed implements ReadingFeed {
   private listener: FeedListener | null = null
   private readonly channels = new Map<string, string>()
-  private wasReady = false
 
   constructor (private readonly sub: Redis, private readonly prefix: string) {
     sub.on('message', (channel: string, message: string) => this.onMessage(channel, message))
@@ -152,16 +165,14 @@ class RedisFeed implements ReadingFeed {
   }
 
   private async onReady (): Promise<void> {
-    const resumed = this.wasReady
-    this.wasReady = true
-    if (this.channels.size > 0) {
-      try {
-        await this.sub.subscribe(...this.channels.values())
-      } catch {
-        return // the connection dropped again; the next 'ready' retries
-      }
+    if (this.channels.size === 0) return
+    try {
+      await this.sub.subscribe(...this.channels.values())
+    } catch {
+      return // the connection dropped again; the next 'ready' retries
     }
-    if (resumed) this.listener?.resumed()
+    // Whatever was published before these subscriptions existed is in history: let the hub fill it.
+    this.listener?.resumed()
   }
 
   private onMessage (channel: string, message: string): void {
@@ -222,8 +233,8 @@ export class RedisStore implements HeartStore {
       const entries = await guarded(() => this.redis.xrevrange(key, '+', '-', 'COUNT', limit)) as StreamEntry[]
       return { readings: entries.reverse().map(parseEntry), truncated: false }
     }
-    const [entries, maxDeleted] = await guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], string]
-    return { readings: entries.map(parseEntry), truncated: maxDeleted !== '0-0' && compareIds(since, maxDeleted) < 0 }
+    const [entries, truncated] = await guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], number]
+    return { readings: entries.map(parseEntry), truncated: truncated === 1 }
   }
 
   async close (): Promise<void> {
