@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyEnv from '@fastify/env'
 import envSchema from 'env-schema'
+import { isIP } from 'node:net'
 import { loadDevSecret } from '../src/dev-secret.js'
 
 /** Every setting of the service. The names are a contract with operators: README, "Configuration". */
@@ -23,7 +24,8 @@ export const configSchema = {
     INGEST_API_KEYS: { type: 'string', separator: ',', default: '' },
     HISTORY_MAX: { type: 'integer', minimum: 1, maximum: 10000000, default: 10000 },
     MAX_SUBSCRIPTIONS_PER_CONNECTION: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
-    MAX_BUFFERED_BYTES: { type: 'integer', minimum: 1024, maximum: 1073741824, default: 1048576 }
+    MAX_BUFFERED_BYTES: { type: 'integer', minimum: 1024, maximum: 1073741824, default: 1048576 },
+    LEGACY_KEYSPACE_EVENTS: { type: 'boolean', default: false }
   }
 } as const
 
@@ -43,6 +45,7 @@ export interface Config {
   HISTORY_MAX: number
   MAX_SUBSCRIPTIONS_PER_CONNECTION: number
   MAX_BUFFERED_BYTES: number
+  LEGACY_KEYSPACE_EVENTS: boolean
 }
 
 declare module 'fastify' {
@@ -62,9 +65,32 @@ export interface ConfigOptions {
 
 const JWT_SECRET_MIN = 32
 
+const NAMED_PROXY_RANGES = new Set(['loopback', 'linklocal', 'uniquelocal'])
+
+/** One TRUST_PROXY item as Fastify reads it: an address, a CIDR range, or a named range. */
+function isProxyItem (item: string): boolean {
+  if (NAMED_PROXY_RANGES.has(item)) return true
+  const [addr, bits, ...rest] = item.split('/')
+  const family = isIP(addr)
+  if (family === 0 || rest.length > 0) return false
+  return bits === undefined || (/^[0-9]{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128))
+}
+
+/**
+ * The schema's pattern only limits the characters: `1` (a hop count) or `abc` would pass it, and
+ * Fastify would read `1` as the address 0.0.0.1 (trusting no real proxy) and throw on `abc`
+ * without naming the variable.
+ */
+function checkTrustProxy (value: string): void {
+  if (value === 'true' || value === 'false' || value.split(',').every(isProxyItem)) return
+  throw new Error('env/TRUST_PROXY must be true, false, or a comma list of proxy addresses, CIDR ranges, loopback, linklocal or uniquelocal (hop counts are not accepted)')
+}
+
 /** Validates settings as the plugin does, for server.ts, which needs some before Fastify exists. */
 export function loadConfig (env: Env): Config {
-  return envSchema({ schema: structuredClone(configSchema), data: env, env: false }) as unknown as Config
+  const config = envSchema({ schema: structuredClone(configSchema), data: env, env: false }) as unknown as Config
+  checkTrustProxy(config.TRUST_PROXY)
+  return config
 }
 
 /**
@@ -80,6 +106,7 @@ export function trustProxyOption (value: string): boolean | string {
 export default fp(async function config (fastify, opts: ConfigOptions) {
   await fastify.register(fastifyEnv, { schema: structuredClone(configSchema), data: opts.env ?? process.env, env: false })
   const cfg = fastify.config
+  checkTrustProxy(cfg.TRUST_PROXY)
   if (cfg.NODE_ENV === 'production') {
     if (cfg.JWT_SECRET === undefined || cfg.JWT_SECRET.length < JWT_SECRET_MIN) {
       throw new Error(`env/JWT_SECRET must be set to at least ${JWT_SECRET_MIN} characters when NODE_ENV=production`)

@@ -1,10 +1,23 @@
 import type { FastifyServerOptions } from 'fastify'
 
-const TOKEN_IN_QUERY = /([?&]access_token=)[^&]*/gi
+/** Whether a query parameter name is `access_token` as the query parser reads it (it decodes names: `access%5Ftoken` counts). */
+function isTokenParam (name: string): boolean {
+  try {
+    return decodeURIComponent(name).toLowerCase() === 'access_token'
+  } catch {
+    return /access_token/i.test(name)
+  }
+}
 
 /** A URL as it may be logged: `?access_token=` is a credential. */
 export function redactUrl (url: string): string {
-  return url.replace(TOKEN_IN_QUERY, '$1[redacted]')
+  const q = url.indexOf('?')
+  if (q === -1) return url
+  const params = url.slice(q + 1).split('&').map((param) => {
+    const eq = param.indexOf('=')
+    return eq !== -1 && isTokenParam(param.slice(0, eq)) ? `${param.slice(0, eq)}=[redacted]` : param
+  })
+  return `${url.slice(0, q + 1)}${params.join('&')}`
 }
 
 interface LoggedRequest {

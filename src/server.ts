@@ -32,6 +32,8 @@ async function main (): Promise<void> {
     await fastify.listen({ host: fastify.config.HOST, port: fastify.config.PORT })
   } catch (err) {
     fastify.log.fatal({ err }, 'could not start')
+    // Also on stderr: with LOG_LEVEL=silent (or above fatal) the log line above is dropped.
+    process.stderr.write(`heart-gateway: could not start: ${(err as Error).message}\n`)
     process.exit(1)
   }
 

@@ -5,16 +5,17 @@ import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { createSigner } from 'fast-jwt'
-import tap from 'tap'
+import tap, { type Test as TapTest } from 'tap'
 import type { WebSocket } from 'ws'
-import app from '../src/app.js'
+import app, { type AppOptions } from '../src/app.js'
 import type { Env } from '../plugins/config.js'
 import { loggerOptions } from '../src/logger.js'
 import { RedisServer, freePort } from './redis-server.js'
 
 export { RedisServer, freePort }
 
-type Test = typeof tap
+/** A test or subtest (`typeof tap` is the root only, which subtests are not assignable to). */
+type Test = TapTest
 
 export const TEST_SECRET = 'test-secret-of-at-least-32-characters-0123'
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -53,6 +54,8 @@ export function uniquePrefix (): string {
 export interface BuildOptions {
   /** Receives every log line, as JSON text. */
   logs?: string[]
+  /** Where the app keeps its generated development JWT secret (config's `devSecretFile`). */
+  devSecretFile?: string
 }
 
 /** Test settings: quiet, a known secret, small intervals. */
@@ -66,11 +69,13 @@ export async function build (t: Test, env: Env = {}, opts: BuildOptions = {}): P
   const fastify = Fastify({
     logger: logs === undefined
       ? false
-      : { ...loggerOptions('trace'), stream: new Writable({ write (chunk, _enc, cb) { logs.push(String(chunk)); cb() } }) } as never
+      : { ...(loggerOptions('trace') as object), stream: new Writable({ write (chunk, _enc, cb) { logs.push(String(chunk)); cb() } }) } as never
   })
   // Registered before ready(): a test failing during start-up must not leave Redis connections open.
   t.teardown(() => fastify.close())
-  await fastify.register(fp(app), { env: testEnv({ LOG_LEVEL: logs === undefined ? 'silent' : 'trace', ...env }) })
+  const appOpts: AppOptions = { env: testEnv({ LOG_LEVEL: logs === undefined ? 'silent' : 'trace', ...env }) }
+  if (opts.devSecretFile !== undefined) appOpts.devSecretFile = opts.devSecretFile
+  await fastify.register(fp(app), appOpts)
   await fastify.ready()
   return fastify
 }

@@ -1,10 +1,11 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, buildWithRedis, eventually, openSocket, sharedRedis, sleep, uniquePrefix, type Frames } from './helper.js'
+import type { Test } from 'tap'
+import { build, buildWithRedis, eventually, openSocket, sharedRedis, sleep, token, uniquePrefix, type Frames } from './helper.js'
 
 const KEY = 'push-key'
 
-type Builder = (t: Parameters<Parameters<typeof t.test>[1]>[0], env?: Record<string, string>) => Promise<FastifyInstance>
+type Builder = (t: Test, env?: Record<string, string>) => Promise<FastifyInstance>
 const stores: Array<[string, Builder]> = [
   ['embedded', (t, env = {}) => build(t, { INGEST_API_KEYS: KEY, ...env })],
   ['redis', (t, env = {}) => buildWithRedis(t, { INGEST_API_KEYS: KEY, ...env })]
@@ -64,7 +65,7 @@ for (const [name, make] of stores) {
     const frames = await openSocket(app, 'u1')
     const sub = await frames.ask({ type: 'subscribe', userId: 'u1', since: ids[0] })
     t.equal(sub.truncated, true)
-    const page = await app.inject({ url: '/heart/u1/readings?limit=1000', headers: { authorization: `Bearer ${(await import('./helper.js')).token('u1')}` } })
+    const page = await app.inject({ url: '/heart/u1/readings?limit=1000', headers: { authorization: `Bearer ${token('u1')}` } })
     const kept = page.json().readings.map((r: any) => r.id)
     const got = await readings(frames, kept.length)
     t.same(got.map((r) => r.id), kept)
@@ -188,7 +189,7 @@ t.test('redis: readings published while the feed connection was away are filled 
   const before = await ingest(app, 'u1', { bpm: 70 })
   await frames.json()
   // Cut only the pub/sub connection: the command connection stays, so ingest keeps working.
-  await raw.client('KILL', 'TYPE', 'pubsub')
+  await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
   const during: string[] = []
   for (let i = 0; i < 5; i++) during.push(...await ingest(app, 'u1', { bpm: 71 + i }))
   const got = await readings(frames, during.length)
@@ -197,5 +198,41 @@ t.test('redis: readings published while the feed connection was away are filled 
   t.match(await frames.json(), { type: 'reading', id: after[0] })
   t.same(await frames.quiet(100), [])
   t.notSame(before, after)
+  frames.ws.terminate()
+})
+
+t.test('redis: with LEGACY_KEYSPACE_EVENTS, values that writers only SET are pushed, and ingest is not pushed twice', async (t) => {
+  const redis = await sharedRedis()
+  const raw = redis.client()
+  t.teardown(() => raw.disconnect())
+  const prefix = uniquePrefix()
+  const app = await buildWithRedis(t, { INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: prefix, LEGACY_KEYSPACE_EVENTS: 'true' })
+  t.match(await raw.config('GET', 'notify-keyspace-events'), ['notify-keyspace-events', /K/])
+  const frames = await openSocket(app, 'u1')
+  await frames.ask({ type: 'subscribe', userId: 'u1' })
+  const before = Date.now()
+  await raw.set(`${prefix}u1`, '66')
+  const legacy = await frames.json()
+  t.match(legacy, { type: 'reading', userId: 'u1', id: null, bpm: 66 })
+  t.ok(legacy.ts >= before && legacy.ts <= Date.now(), 'ts is the time the value was seen')
+  const [id] = await ingest(app, 'u1', { bpm: 90 })
+  t.match(await frames.json(), { type: 'reading', id, bpm: 90 })
+  t.same(await frames.quiet(150), [], 'the service\'s own SET is not pushed again')
+  await raw.set(`${prefix}u2`, '50')
+  t.same(await frames.quiet(100), [], 'users nobody here watches are not pushed')
+  frames.ws.terminate()
+})
+
+t.test('redis: without LEGACY_KEYSPACE_EVENTS, a direct SET is readable but not pushed', async (t) => {
+  const redis = await sharedRedis()
+  const raw = redis.client()
+  t.teardown(() => raw.disconnect())
+  const prefix = uniquePrefix()
+  const app = await buildWithRedis(t, { INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: prefix })
+  const frames = await openSocket(app, 'u1')
+  await frames.ask({ type: 'subscribe', userId: 'u1' })
+  await raw.set(`${prefix}u1`, '66')
+  t.same(await frames.quiet(150), [])
+  t.match(await frames.ask({ type: 'get', userId: 'u1' }), { type: 'current', bpm: 66, ts: null })
   frames.ws.terminate()
 })

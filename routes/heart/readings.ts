@@ -1,7 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
+import type { FastifySchemaValidationError } from 'fastify'
 import { apiKeyChecker } from '../../src/api-keys.js'
-import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, type NewReading } from '../../src/heart/reading.js'
+import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId, type NewReading } from '../../src/heart/reading.js'
 import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
 
 const BATCH_MAX = 500
@@ -49,6 +50,15 @@ const History = Type.Object({
 const strictAjv = new Ajv({ coerceTypes: false, useDefaults: true, allErrors: false, strict: false })
 const queryAjv = new Ajv({ coerceTypes: true, useDefaults: true, removeAdditional: true, allErrors: false, strict: false })
 
+/** Fastify's message, except that an unknown property is named (Ajv's own message only names the object holding it). */
+function formatSchemaErrors (errors: FastifySchemaValidationError[], dataVar: string): Error {
+  return new Error(errors.map((e) => {
+    const extra = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty?: unknown }).additionalProperty : undefined
+    if (typeof extra === 'string') return `${dataVar}${e.instancePath}/${extra} is not an accepted property`
+    return `${dataVar}${e.instancePath} ${e.message ?? 'is invalid'}`
+  }).join(', '))
+}
+
 /**
  * Readings of a user: devices and gateways POST them (API key), viewers GET history (Bearer token,
  * same authorization as the socket). Ingest is atomic per request: all readings stored, current
@@ -56,6 +66,7 @@ const queryAjv = new Ajv({ coerceTypes: true, useDefaults: true, removeAdditiona
  */
 const readings: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strictAjv : queryAjv).compile(schema))
+  fastify.setSchemaErrorFormatter(formatSchemaErrors)
   const { INGEST_API_KEYS } = fastify.config
   const validKey = apiKeyChecker(INGEST_API_KEYS)
   if (INGEST_API_KEYS.length === 0) fastify.log.warn('INGEST_API_KEYS is not set: POST /heart/:userId/readings answers 401 to everyone')
@@ -78,7 +89,8 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const body = request.body
     if ((body.bpm === undefined) === (body.readings === undefined)) {
-      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'body must have either bpm (one reading) or readings (a batch), not both' })
+      const message = body.bpm === undefined ? 'body must have bpm (one reading) or readings (a batch)' : 'body must have bpm (one reading) or readings (a batch), not both'
+      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message })
     }
     if (body.readings !== undefined && (body.ts !== undefined)) {
       return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'body/ts belongs inside each reading of a batch' })
@@ -113,6 +125,9 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       return reply.code(403).send({ statusCode: 403, error: 'Forbidden', message: `not allowed to read ${userId}` })
     }
     const { since, limit } = request.query
+    if (since !== undefined && !isHistoryId(since)) {
+      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'querystring/since must be a history id: two numbers below 2^64 joined by "-"' })
+    }
     const page = await fastify.heartStore.history(userId, { since, limit })
     return page.truncated ? { userId, readings: page.readings, truncated: true } : { userId, readings: page.readings }
   })

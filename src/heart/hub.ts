@@ -25,23 +25,28 @@ export class Subscription {
 
   constructor (readonly watcher: Watcher, readonly userId: string) {}
 
+  /**
+   * A reading for this watcher. Anything at or before what it was already sent is dropped: pub/sub
+   * runs on its own connection and can deliver a reading after the replay read it from history,
+   * and a fill after the feed resumes can meet what a replay already sent.
+   */
   offer (frame: string, id: string | null): void {
     if (this.held !== null) {
       this.held.push({ frame, id })
       return
     }
+    if (id !== null) {
+      if (this.lastId !== null && compareIds(id, this.lastId) <= 0) return
+      this.lastId = id
+    }
     this.watcher.push(this.userId, frame)
-    if (id !== null) this.lastId = id
   }
 
   /** Sends what was held, minus what the replay already covered, and goes live. */
   goLive (): void {
     const held = this.held ?? []
     this.held = null
-    for (const h of held) {
-      if (h.id !== null && this.lastId !== null && compareIds(h.id, this.lastId) <= 0) continue
-      this.offer(h.frame, h.id)
-    }
+    for (const h of held) this.offer(h.frame, h.id)
   }
 }
 

@@ -27,12 +27,18 @@ export interface StoredReading extends NewReading {
   id: string
 }
 
-/** History ids are Redis stream ids: `<ms>-<seq>`. */
+/** History ids are Redis stream ids: `<ms>-<seq>`, each part an unsigned 64-bit number. */
 export const HISTORY_ID_PATTERN = '^[0-9]{1,20}-[0-9]{1,20}$'
 const historyIdRe = new RegExp(HISTORY_ID_PATTERN)
+const U64_MAX = 2n ** 64n - 1n
+/** The largest id a stream can hold: nothing can come after it. */
+export const MAX_HISTORY_ID = `${U64_MAX}-${U64_MAX}`
 
+/** The pattern alone lets through 20-digit parts Redis cannot parse (it would fail the request as a store error). */
 export function isHistoryId (value: unknown): value is string {
-  return typeof value === 'string' && historyIdRe.test(value)
+  if (typeof value !== 'string' || !historyIdRe.test(value)) return false
+  const dash = value.indexOf('-')
+  return BigInt(value.slice(0, dash)) <= U64_MAX && BigInt(value.slice(dash + 1)) <= U64_MAX
 }
 
 /**
@@ -42,6 +48,8 @@ export function isHistoryId (value: unknown): value is string {
 export function compareIds (a: string, b: string): number {
   const da = a.indexOf('-')
   const db = b.indexOf('-')
+  // Same shape (the usual case on the delivery path): digit strings compare as text.
+  if (da === db && a.length === b.length) return a < b ? -1 : a > b ? 1 : 0
   const diff = Number(a.slice(0, da)) - Number(b.slice(0, db))
   if (diff !== 0) return diff
   return Number(a.slice(da + 1)) - Number(b.slice(db + 1))

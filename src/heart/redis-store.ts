@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import type { Current, NewReading, StoredReading } from './reading.js'
+import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { userIdOfChannel, userKeys } from './redis-keys.js'
 import {
   StoreUnavailableError,
@@ -131,6 +131,8 @@ export interface RedisStoreOptions {
   subscriber: Redis
   prefix: string
   historyMax: number
+  /** Push values that writers only SET on the legacy key (LEGACY_KEYSPACE_EVENTS). */
+  legacyKeyspaceEvents?: boolean
 }
 
 /**
@@ -139,9 +141,17 @@ export interface RedisStoreOptions {
  */
 class RedisFeed implements ReadingFeed {
   private listener: FeedListener | null = null
-  private readonly channels = new Map<string, string>()
+  /** The channels of each watched user: its live channel, and its keyspace channel with legacy events on. */
+  private readonly channels = new Map<string, string[]>()
+  private readonly keyspacePrefix: string | null
 
-  constructor (private readonly sub: Redis, private readonly prefix: string) {
+  constructor (
+    private readonly sub: Redis,
+    private readonly prefix: string,
+    /** Reads a value a legacy writer SET, when keyspace events are on. */
+    private readonly legacyRead: ((userId: string) => Promise<LiveReading | null>) | null
+  ) {
+    this.keyspacePrefix = legacyRead === null ? null : `__keyspace@${sub.options.db ?? 0}__:${prefix}`
     sub.on('message', (channel: string, message: string) => this.onMessage(channel, message))
     sub.on('ready', () => { void this.onReady() })
   }
@@ -151,23 +161,24 @@ class RedisFeed implements ReadingFeed {
   }
 
   async watch (userId: string): Promise<void> {
-    const channel = userKeys(this.prefix, userId).channel
-    this.channels.set(userId, channel)
+    const channels = [userKeys(this.prefix, userId).channel]
+    if (this.keyspacePrefix !== null) channels.push(this.keyspacePrefix + userId)
+    this.channels.set(userId, channels)
     // While disconnected the subscription is only remembered; onReady makes it and the hub fills the gap.
-    if (this.sub.status === 'ready') await this.sub.subscribe(channel).catch(() => {})
+    if (this.sub.status === 'ready') await this.sub.subscribe(...channels).catch(() => {})
   }
 
   async unwatch (userId: string): Promise<void> {
-    const channel = this.channels.get(userId)
-    if (channel === undefined) return
+    const channels = this.channels.get(userId)
+    if (channels === undefined) return
     this.channels.delete(userId)
-    if (this.sub.status === 'ready') await this.sub.unsubscribe(channel).catch(() => {})
+    if (this.sub.status === 'ready') await this.sub.unsubscribe(...channels).catch(() => {})
   }
 
   private async onReady (): Promise<void> {
     if (this.channels.size === 0) return
     try {
-      await this.sub.subscribe(...this.channels.values())
+      await this.sub.subscribe(...[...this.channels.values()].flat())
     } catch {
       return // the connection dropped again; the next 'ready' retries
     }
@@ -176,8 +187,13 @@ class RedisFeed implements ReadingFeed {
   }
 
   private onMessage (channel: string, message: string): void {
+    if (this.listener === null) return
+    if (this.keyspacePrefix !== null && channel.startsWith(this.keyspacePrefix)) {
+      if (message === 'set') void this.onLegacySet(channel.slice(this.keyspacePrefix.length))
+      return
+    }
     const userId = userIdOfChannel(this.prefix, channel)
-    if (userId === null || this.listener === null) return
+    if (userId === null) return
     let readings: LiveReading[]
     try {
       readings = JSON.parse(message)
@@ -185,6 +201,15 @@ class RedisFeed implements ReadingFeed {
       return
     }
     for (const r of readings) this.listener.reading(userId, r)
+  }
+
+  private async onLegacySet (userId: string): Promise<void> {
+    try {
+      const reading = await this.legacyRead?.(userId)
+      if (reading != null) this.listener?.reading(userId, reading)
+    } catch {
+      // Redis went away between the event and the read; the value stays readable with get.
+    }
   }
 }
 
@@ -201,7 +226,7 @@ export class RedisStore implements HeartStore {
     this.subscriber = opts.subscriber
     this.prefix = opts.prefix
     this.historyMax = opts.historyMax
-    this.feed = new RedisFeed(opts.subscriber, opts.prefix)
+    this.feed = new RedisFeed(opts.subscriber, opts.prefix, opts.legacyKeyspaceEvents === true ? (userId) => this.legacyValue(userId) : null)
   }
 
   async ping (): Promise<void> {
@@ -233,8 +258,32 @@ export class RedisStore implements HeartStore {
       const entries = await guarded(() => this.redis.xrevrange(key, '+', '-', 'COUNT', limit)) as StreamEntry[]
       return { readings: entries.reverse().map(parseEntry), truncated: false }
     }
+    // Redis refuses an exclusive range that starts at the largest id; nothing can follow it anyway.
+    if (since === MAX_HISTORY_ID) return { readings: [], truncated: false }
     const [entries, truncated] = await guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], number]
     return { readings: entries.map(parseEntry), truncated: truncated === 1 }
+  }
+
+  /**
+   * Asks Redis to publish keyspace events for string commands (`K$`), keeping the flags already set.
+   * Managed Redis services may forbid CONFIG: then the operator sets notify-keyspace-events themselves.
+   */
+  async enableKeyspaceEvents (): Promise<void> {
+    const [, flags = ''] = await this.redis.config('GET', 'notify-keyspace-events') as [string, string]
+    const missing = ['K', '$'].filter((f) => !flags.includes(f) && !(f === '$' && flags.includes('A'))).join('')
+    if (missing !== '') await this.redis.config('SET', 'notify-keyspace-events', flags + missing)
+  }
+
+  /**
+   * A legacy writer's value, or null when the SET was the service's own (ingest already
+   * published it): the service's writes leave the same bpm beside their ts.
+   */
+  private async legacyValue (userId: string): Promise<LiveReading | null> {
+    const k = userKeys(this.prefix, userId)
+    const [value, meta] = await this.redis.mget(k.current, k.meta)
+    const current = parseCurrent(value, meta)
+    if (current === null || current.ts !== null) return null
+    return { id: null, bpm: current.bpm, ts: Date.now() }
   }
 
   async close (): Promise<void> {

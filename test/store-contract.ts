@@ -1,0 +1,242 @@
+import type { Test } from 'tap'
+import { compareIds } from '../src/heart/reading.js'
+import type { FeedListener, HeartStore, LiveReading } from '../src/heart/store.js'
+import { eventually } from './helper.js'
+
+export interface StoreOptions {
+  historyMax: number
+}
+
+/** Makes a fresh, empty store; the suite closes it when the test ends. */
+export type MakeStore = (t: Test, opts: StoreOptions) => Promise<HeartStore>
+
+/** Collects what a store's feed delivers, per user. */
+export class Recorder implements FeedListener {
+  readonly readings = new Map<string, LiveReading[]>()
+  resumes = 0
+
+  reading (userId: string, r: LiveReading): void {
+    let list = this.readings.get(userId)
+    if (list === undefined) this.readings.set(userId, list = [])
+    list.push(r)
+  }
+
+  resumed (): void {
+    this.resumes++
+  }
+
+  of (userId: string): LiveReading[] {
+    return this.readings.get(userId) ?? []
+  }
+
+  /** Waits (bounded) until `count` readings of `userId` have arrived. */
+  async waitFor (userId: string, count: number, ms = 3000): Promise<LiveReading[]> {
+    if (!await eventually(() => this.of(userId).length >= count, ms, 5)) {
+      throw new Error(`${count} readings of ${userId} did not arrive within ${ms} ms (got ${this.of(userId).length})`)
+    }
+    return this.of(userId)
+  }
+}
+
+function ascending (ids: string[]): boolean {
+  return ids.every((id, i) => i === 0 || compareIds(ids[i - 1], id) < 0)
+}
+
+const ids = (readings: Array<{ id: string | null }>): Array<string | null> => readings.map((r) => r.id)
+
+/**
+ * The contract every HeartStore keeps (src/heart/store.ts): the embedded store and the Redis
+ * store both run it, so routes and the hub can rely on it whichever is configured.
+ */
+export function storeContract (t: Test, name: string, makeStore: MakeStore): void {
+  t.test(`${name} store contract`, async (t) => {
+    const fresh = async (t: Test, historyMax = 1000): Promise<HeartStore> => {
+      const store = await makeStore(t, { historyMax })
+      t.teardown(() => store.close())
+      return store
+    }
+
+    t.test('a user with no readings has no current value, no last id and an empty history', async (t) => {
+      const store = await fresh(t)
+      t.equal(await store.current('nobody'), null)
+      t.same(await store.snapshot('nobody'), { current: null, lastId: null })
+      t.same(await store.history('nobody', { limit: 10 }), { readings: [], truncated: false })
+      t.same(await store.history('nobody', { since: '0-0', limit: 10 }), { readings: [], truncated: false })
+    })
+
+    t.test('ping answers while the store is up', async (t) => {
+      const store = await fresh(t)
+      await t.resolves(store.ping())
+    })
+
+    t.test('append returns one id per reading, in order, and history holds them with their values', async (t) => {
+      const store = await fresh(t)
+      const now = Date.now()
+      const batch = [{ bpm: 60, ts: now }, { bpm: 61, ts: now + 1 }, { bpm: 62, ts: now + 2 }]
+      const first = await store.append('u1', batch)
+      const second = await store.append('u1', [{ bpm: 63, ts: now + 3 }])
+      t.equal(first.length, 3)
+      t.equal(second.length, 1)
+      const all = [...first, ...second]
+      t.ok(ascending(all), `ids ascend: ${all.join(' ')}`)
+      const page = await store.history('u1', { limit: 10 })
+      t.same(page, {
+        readings: [...batch, { bpm: 63, ts: now + 3 }].map((r, i) => ({ id: all[i], ...r })),
+        truncated: false
+      })
+    })
+
+    t.test('the current value is the reading with the newest ts', async (t) => {
+      const store = await fresh(t)
+      await store.append('u1', [{ bpm: 70, ts: 1000 }])
+      t.same(await store.current('u1'), { bpm: 70, ts: 1000 })
+      await store.append('u1', [{ bpm: 80, ts: 2000 }])
+      t.same(await store.current('u1'), { bpm: 80, ts: 2000 })
+    })
+
+    t.test('an older reading appended later goes to history but does not replace the current value', async (t) => {
+      const store = await fresh(t)
+      const [newer] = await store.append('u1', [{ bpm: 70, ts: 2000 }])
+      const [older] = await store.append('u1', [{ bpm: 55, ts: 1000 }])
+      t.same(await store.current('u1'), { bpm: 70, ts: 2000 })
+      t.same((await store.history('u1', { limit: 10 })).readings, [
+        { id: newer, bpm: 70, ts: 2000 },
+        { id: older, bpm: 55, ts: 1000 }
+      ], 'history keeps arrival order')
+    })
+
+    t.test('within one batch the reading with the newest ts becomes current, wherever it is', async (t) => {
+      const store = await fresh(t)
+      await store.append('u1', [{ bpm: 90, ts: 3000 }, { bpm: 85, ts: 2500 }, { bpm: 88, ts: 2900 }])
+      t.same(await store.current('u1'), { bpm: 90, ts: 3000 })
+    })
+
+    t.test('users are kept apart', async (t) => {
+      const store = await fresh(t)
+      await store.append('u1', [{ bpm: 70, ts: 1000 }])
+      t.equal(await store.current('u2'), null)
+      t.same((await store.history('u2', { limit: 10 })).readings, [])
+    })
+
+    t.test('history without since gives the newest `limit` readings, oldest first', async (t) => {
+      const store = await fresh(t)
+      const all = await store.append('u1', [1, 2, 3, 4, 5].map((i) => ({ bpm: 60 + i, ts: 1000 + i })))
+      const page = await store.history('u1', { limit: 3 })
+      t.same(ids(page.readings), all.slice(2))
+      t.same(page.readings.map((r) => r.bpm), [63, 64, 65])
+      t.equal(page.truncated, false)
+      t.same(ids((await store.history('u1', { limit: 100 })).readings), all, 'all of them when fewer than limit')
+    })
+
+    t.test('history with since gives the first `limit` readings strictly after it', async (t) => {
+      const store = await fresh(t)
+      const all = await store.append('u1', [1, 2, 3, 4, 5].map((i) => ({ bpm: 60 + i, ts: 1000 + i })))
+      t.same(await store.history('u1', { since: all[1], limit: 2 }), {
+        readings: [{ id: all[2], bpm: 63, ts: 1003 }, { id: all[3], bpm: 64, ts: 1004 }],
+        truncated: false
+      })
+      t.same(ids((await store.history('u1', { since: all[1], limit: 100 })).readings), all.slice(2), 'to the end')
+      t.same(ids((await store.history('u1', { since: '0-0', limit: 100 })).readings), all, 'since 0-0: everything')
+      t.same(await store.history('u1', { since: all[4], limit: 10 }), { readings: [], truncated: false }, 'since the newest: nothing')
+      const [ms] = all[4].split('-')
+      t.same(await store.history('u1', { since: `${Number(ms) + 60000}-0`, limit: 10 }), { readings: [], truncated: false }, 'since a future id: nothing')
+    })
+
+    t.test('history is capped near historyMax and says when a replay since an old id is truncated', async (t) => {
+      // Only what both stores guarantee: the Redis store trims with MAXLEN ~ (whole stream nodes),
+      // so it may keep more than historyMax, and Redis does not record which ids were trimmed, so
+      // `since` exactly at the newest trimmed id may be reported truncated although nothing is missing.
+      const historyMax = 100
+      const total = 500
+      const store = await fresh(t, historyMax)
+      const all = await store.append('u1', Array.from({ length: total }, (_v, i) => ({ bpm: 60 + (i % 100), ts: 10000 + i })))
+      t.equal(all.length, total)
+      t.ok(ascending(all))
+      const kept = ids((await store.history('u1', { limit: 10000 })).readings) as string[]
+      t.ok(kept.length >= historyMax && kept.length < total, `kept ${kept.length} of ${total}, at least ${historyMax}`)
+      t.same(kept, all.slice(total - kept.length), 'the newest ones, in order')
+      const firstKept = total - kept.length
+      t.ok(firstKept >= 2, 'at least two readings were trimmed')
+
+      const fromGap = await store.history('u1', { since: all[firstKept - 2], limit: 10 })
+      t.equal(fromGap.truncated, true, 'since an id whose successor was trimmed: truncated')
+      t.same(ids(fromGap.readings), all.slice(firstKept, firstKept + 10), 'and it resumes at the oldest kept reading')
+      t.equal((await store.history('u1', { since: all[0], limit: 10 })).truncated, true, 'since the first id: truncated')
+      t.equal((await store.history('u1', { since: '0-0', limit: 10 })).truncated, true, 'since 0-0: truncated')
+
+      const fromOldest = await store.history('u1', { since: all[firstKept], limit: 10 })
+      t.equal(fromOldest.truncated, false, 'since the oldest kept id: nothing after it is missing')
+      t.same(ids(fromOldest.readings), all.slice(firstKept + 1, firstKept + 11))
+      t.equal((await store.history('u1', { since: all[total - 50], limit: 10 })).truncated, false, 'since a newer kept id: not truncated')
+      t.equal((await store.history('u1', { limit: 10 })).truncated, false, 'without since: never truncated')
+    })
+
+    t.test('history that was never trimmed is not truncated for any since', async (t) => {
+      const store = await fresh(t, 3)
+      const all = await store.append('u1', [{ bpm: 60, ts: 1 }, { bpm: 61, ts: 2 }])
+      t.equal((await store.history('u1', { since: '0-0', limit: 10 })).truncated, false)
+      t.equal((await store.history('u1', { since: all[0], limit: 10 })).truncated, false)
+    })
+
+    t.test('snapshot gives the current value and the newest history id', async (t) => {
+      const store = await fresh(t)
+      const [a] = await store.append('u1', [{ bpm: 70, ts: 2000 }])
+      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: a })
+      const [b] = await store.append('u1', [{ bpm: 50, ts: 1000 }])
+      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: b }, 'lastId follows history, current follows ts')
+    })
+
+    t.test('the feed delivers appended readings of a watched user, with their ids, in order', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await store.feed.watch('u1')
+      const first = await store.append('u1', [{ bpm: 60, ts: 1 }, { bpm: 61, ts: 2 }])
+      const second = await store.append('u1', [{ bpm: 62, ts: 3 }])
+      const got = await rec.waitFor('u1', 3)
+      t.same(got, [
+        { id: first[0], bpm: 60, ts: 1 },
+        { id: first[1], bpm: 61, ts: 2 },
+        { id: second[0], bpm: 62, ts: 3 }
+      ])
+      t.equal(rec.resumes, 0)
+    })
+
+    t.test('the feed delivers nothing for a user after unwatch', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await store.feed.watch('u1')
+      await store.feed.watch('u2')
+      await store.append('u1', [{ bpm: 60, ts: 1 }])
+      await rec.waitFor('u1', 1)
+      await store.feed.unwatch('u1')
+      await store.append('u1', [{ bpm: 61, ts: 2 }])
+      // Published after u1's reading on the same feed: once it arrives, u1's would have too.
+      await store.append('u2', [{ bpm: 70, ts: 2 }])
+      await rec.waitFor('u2', 1)
+      t.equal(rec.of('u1').length, 1, 'only the reading from before unwatch')
+    })
+
+    t.test('watching one user does not deliver another user\'s readings', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await store.feed.watch('u1')
+      await store.append('u2', [{ bpm: 70, ts: 1 }])
+      await store.append('u1', [{ bpm: 60, ts: 2 }])
+      await rec.waitFor('u1', 1)
+      t.same([...rec.readings.keys()], ['u1'])
+    })
+
+    t.test('unwatching a user that is not watched is harmless', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await t.resolves(store.feed.unwatch('nobody'))
+      await store.feed.watch('u1')
+      await store.append('u1', [{ bpm: 60, ts: 1 }])
+      await rec.waitFor('u1', 1)
+    })
+  })
+}

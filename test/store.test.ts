@@ -1,0 +1,113 @@
+import t, { type Test } from 'tap'
+import { once } from 'node:events'
+import { Redis } from 'ioredis'
+import { MemoryStore } from '../src/heart/memory-store.js'
+import { RedisStore } from '../src/heart/redis-store.js'
+import { userKeys } from '../src/heart/redis-keys.js'
+import { StoreUnavailableError } from '../src/heart/store.js'
+import { RedisServer, eventually, sharedRedis, uniquePrefix } from './helper.js'
+import { Recorder, storeContract } from './store-contract.js'
+
+storeContract(t, 'embedded', async (_t, { historyMax }) => new MemoryStore(historyMax))
+
+/** Connections as plugins/redis.ts makes them: commands fail fast while Redis is away. */
+function connection (server: RedisServer): Redis {
+  return new Redis({ host: '127.0.0.1', port: server.port, enableOfflineQueue: false, commandTimeout: 2000, maxRetriesPerRequest: 1 })
+}
+
+async function ready (client: Redis): Promise<void> {
+  if (client.status !== 'ready') await once(client, 'ready')
+}
+
+/** A Redis store on `server` with a prefix of its own; the caller closes the store, this closes the command connection. */
+async function redisStore (t: Test, server: RedisServer, historyMax: number, prefix = uniquePrefix()): Promise<RedisStore> {
+  const redis = connection(server)
+  // The store owns the subscriber; made before it is ready, as plugins/store.ts does.
+  const subscriber = connection(server)
+  redis.on('error', () => {})
+  subscriber.on('error', () => {})
+  t.teardown(() => redis.disconnect())
+  const store = new RedisStore({ redis, subscriber, prefix, historyMax })
+  await ready(redis)
+  await ready(subscriber)
+  return store
+}
+
+storeContract(t, 'redis', async (t, { historyMax }) => await redisStore(t, await sharedRedis(), historyMax))
+
+t.test('redis store specifics', async (t) => {
+  t.test('PUBSUB NUMSUB of a user\'s channel is 1 while watched and 0 after unwatch', async (t) => {
+    const server = await sharedRedis()
+    const prefix = uniquePrefix()
+    const store = await redisStore(t, server, 100, prefix)
+    t.teardown(() => store.close())
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const channel = userKeys(prefix, 'u1').channel
+    const numsub = async (): Promise<number> => Number(((await probe.pubsub('NUMSUB', channel)) as unknown[])[1])
+    t.equal(await numsub(), 0, 'before watch')
+    await store.feed.watch('u1')
+    t.equal(await numsub(), 1, 'while watched')
+    await store.feed.unwatch('u1')
+    t.equal(await numsub(), 0, 'after unwatch')
+  })
+
+  t.test('readings follow the documented layout: the decimal at <prefix><userId>, history in a stream', async (t) => {
+    const server = await sharedRedis()
+    const prefix = uniquePrefix()
+    const store = await redisStore(t, server, 100, prefix)
+    t.teardown(() => store.close())
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const keys = userKeys(prefix, 'u1')
+    const ids = await store.append('u1', [{ bpm: 72, ts: 1764115200000 }, { bpm: 75, ts: 1764115201000 }])
+    t.equal(await probe.get(`${prefix}u1`), '75')
+    t.equal(await probe.type(keys.history), 'stream')
+    t.same((await probe.xrange(keys.history, '-', '+')).map(([id]) => id), ids)
+  })
+
+  t.test('a value another writer SETs has no known time and is replaced by the next appended reading', async (t) => {
+    const server = await sharedRedis()
+    const prefix = uniquePrefix()
+    const store = await redisStore(t, server, 100, prefix)
+    t.teardown(() => store.close())
+    const writer = server.client()
+    t.teardown(() => writer.disconnect())
+    await writer.set(`${prefix}u1`, '64')
+    t.same(await store.current('u1'), { bpm: 64, ts: null })
+    t.same(await store.snapshot('u1'), { current: { bpm: 64, ts: null }, lastId: null })
+    await store.append('u1', [{ bpm: 70, ts: 1000 }])
+    t.same(await store.current('u1'), { bpm: 70, ts: 1000 }, 'even an old reading is newer than an unknown time')
+    await writer.set(`${prefix}u1`, '66')
+    t.same(await store.current('u1'), { bpm: 66, ts: null }, 'a SET over the service\'s value: time unknown again')
+    await writer.set(`${prefix}u1`, 'not a number')
+    t.equal(await store.current('u1'), null, 'a value that is not a number is no reading')
+  })
+
+  t.test('while Redis is down every operation rejects with StoreUnavailableError; the feed resubscribes and resumes when it is back', async (t) => {
+    const server = await RedisServer.start()
+    t.teardown(() => server.stop())
+    const store = await redisStore(t, server, 100)
+    t.teardown(() => store.close())
+    const rec = new Recorder()
+    store.feed.setListener(rec)
+    await store.feed.watch('u1')
+    await store.append('u1', [{ bpm: 60, ts: 1 }])
+    await rec.waitFor('u1', 1)
+
+    await server.stop()
+    const down = { name: 'StoreUnavailableError' }
+    await t.rejects(store.ping(), StoreUnavailableError)
+    await t.rejects(store.current('u1'), down)
+    await t.rejects(store.snapshot('u1'), down)
+    await t.rejects(store.append('u1', [{ bpm: 61, ts: 2 }]), down)
+    await t.rejects(store.history('u1', { limit: 10 }), down)
+    await t.rejects(store.history('u1', { since: '0-0', limit: 10 }), down)
+
+    await server.start()
+    t.ok(await eventually(async () => { await store.ping(); return true }, 15000, 100), 'answers again')
+    t.ok(await eventually(() => rec.resumes >= 1, 15000), 'the feed reports it resumed')
+    const [id] = await store.append('u1', [{ bpm: 62, ts: 3 }])
+    t.same((await rec.waitFor('u1', 2))[1], { id, bpm: 62, ts: 3 }, 'and delivers again without a new watch')
+  })
+})
