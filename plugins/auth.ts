@@ -1,17 +1,35 @@
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
+import { createPublicKey } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { isUserId } from '../src/heart/reading.js'
 
-/** Who a request speaks for, once `authenticate` has accepted its token. */
+/** Who a request speaks for, once its token has been accepted. */
 export interface Principal {
   userId: string
   /** Token expiry, seconds since the epoch (the JWT's `exp`). */
   exp: number
 }
 
+export interface IssuedToken {
+  token: string
+  /** Seconds the token is valid for. */
+  expiresIn: number
+  exp: number
+}
+
+export class AuthError extends Error {}
+
+export interface Tokens {
+  /** Verifies a token and returns who it speaks for; throws AuthError with a message safe to show. */
+  verify (token: string): Principal
+  /** Mints a token for a user; null in public-key mode, where another service mints them. */
+  issue: ((userId: string) => IssuedToken) | null
+}
+
 declare module 'fastify' {
   interface FastifyInstance {
+    tokens: Tokens
     /** preValidation hook: 401 unless the request carries a valid token. */
     authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void>
   }
@@ -38,29 +56,70 @@ function unauthorized (reply: FastifyReply, message: string): FastifyReply {
   return reply.code(401).header('www-authenticate', 'Bearer').send({ statusCode: 401, error: 'Unauthorized', message })
 }
 
+/** The algorithm a public key verifies: RS256 for RSA keys, ES256 for P-256 keys. */
+function publicKeyAlgorithm (pem: string): 'RS256' | 'ES256' {
+  let key
+  try {
+    key = createPublicKey(pem)
+  } catch {
+    throw new Error('env/JWT_PUBLIC_KEY must be a PEM public key (RSA, or EC on P-256)')
+  }
+  if (key.asymmetricKeyType === 'rsa') return 'RS256'
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256'
+  throw new Error('env/JWT_PUBLIC_KEY must be an RSA key or an EC key on P-256 (RS256 or ES256)')
+}
+
 /**
- * JWT authentication: HS256 with JWT_SECRET only (so `alg: none` and other algorithms fail),
- * `sub` is the user id and must follow the user id rule, `exp` is required.
+ * JWT authentication. Either HS256 with JWT_SECRET (this service mints tokens at login), or, with
+ * JWT_PUBLIC_KEY, RS256/ES256 tokens minted by another service. Each mode accepts its own
+ * algorithm only, so `alg: none` and algorithm confusion (an HS256 token "signed" with the public
+ * key) fail. `sub` is the user id and must follow the user id rule; `exp` is required.
  */
 export default fp(async function auth (fastify) {
-  await fastify.register(fastifyJwt, {
-    secret: fastify.config.JWT_SECRET,
-    sign: { algorithm: 'HS256' },
-    verify: { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }
-  })
+  const { JWT_SECRET, JWT_PUBLIC_KEY, TOKEN_TTL_S } = fastify.config
+  if (JWT_PUBLIC_KEY !== undefined) {
+    const pem = JWT_PUBLIC_KEY.replace(/\\n/g, '\n')
+    const algorithm = publicKeyAlgorithm(pem)
+    await fastify.register(fastifyJwt, { secret: { public: pem }, verify: { algorithms: [algorithm], requiredClaims: ['sub', 'exp'] } })
+    fastify.log.info({ algorithm }, 'JWT_PUBLIC_KEY: verifying tokens minted by another service; login endpoints are off')
+  } else {
+    await fastify.register(fastifyJwt, {
+      secret: JWT_SECRET,
+      sign: { algorithm: 'HS256' },
+      verify: { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }
+    })
+  }
+
+  const tokens: Tokens = {
+    verify (token) {
+      let claims: { sub?: unknown, exp?: unknown }
+      try {
+        claims = fastify.jwt.verify(token)
+      } catch (err) {
+        throw new AuthError((err as { code?: string }).code === 'FAST_JWT_EXPIRED' ? 'token expired' : 'invalid token')
+      }
+      if (!isUserId(claims.sub) || typeof claims.exp !== 'number') throw new AuthError('invalid token: sub must be a user id')
+      return { userId: claims.sub, exp: claims.exp }
+    },
+    issue: JWT_PUBLIC_KEY !== undefined
+      ? null
+      : (userId) => {
+          const exp = Math.floor(Date.now() / 1000) + TOKEN_TTL_S
+          return { token: fastify.jwt.sign({ sub: userId, exp }), expiresIn: TOKEN_TTL_S, exp }
+        }
+  }
+  fastify.decorate('tokens', tokens)
   fastify.decorateRequest('principal', null)
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply) {
     const token = tokenOf(request)
     if (token === null) return unauthorized(reply, 'missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>')
     if (token === '') return unauthorized(reply, 'malformed Authorization header: expected Bearer <jwt>')
-    let claims: { sub?: unknown, exp?: unknown }
     try {
-      claims = fastify.jwt.verify(token)
+      request.principal = tokens.verify(token)
     } catch (err) {
-      return unauthorized(reply, (err as { code?: string }).code === 'FAST_JWT_EXPIRED' ? 'token expired' : 'invalid token')
+      if (!(err instanceof AuthError)) throw err
+      return unauthorized(reply, err.message)
     }
-    if (!isUserId(claims.sub) || typeof claims.exp !== 'number') return unauthorized(reply, 'invalid token: sub must be a user id')
-    request.principal = { userId: claims.sub, exp: claims.exp }
   })
 }, { name: 'auth', dependencies: ['config'] })

@@ -25,7 +25,21 @@ export const configSchema = {
     HISTORY_MAX: { type: 'integer', minimum: 1, maximum: 10000000, default: 10000 },
     MAX_SUBSCRIPTIONS_PER_CONNECTION: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
     MAX_BUFFERED_BYTES: { type: 'integer', minimum: 1024, maximum: 1073741824, default: 1048576 },
-    LEGACY_KEYSPACE_EVENTS: { type: 'boolean', default: false }
+    LEGACY_KEYSPACE_EVENTS: { type: 'boolean', default: false },
+    // Identity and access
+    JWT_PUBLIC_KEY: { type: 'string', minLength: 1 },
+    TOKEN_TTL_S: { type: 'integer', minimum: 60, maximum: 2592000, default: 7200 },
+    WECHAT_APPID: { type: 'string', minLength: 1 },
+    WECHAT_SECRET: { type: 'string', minLength: 1 },
+    WECHAT_API_BASE: { type: 'string', pattern: '^https?://[^\\s]+$', default: 'https://api.weixin.qq.com' },
+    WECHAT_TIMEOUT_MS: { type: 'integer', minimum: 100, maximum: 60000, default: 5000 },
+    LOGIN_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 100000, default: 10 },
+    ENABLE_DEV_LOGIN: { type: 'boolean', default: false },
+    MAX_CONNECTIONS_PER_USER: { type: 'integer', minimum: 1, maximum: 1000000, default: 5 },
+    ALLOWED_ORIGINS: { type: 'string', separator: ',', default: '' },
+    // Flood control
+    MESSAGE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 20 },
+    UPGRADE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 60 }
   }
 } as const
 
@@ -35,6 +49,7 @@ export interface Config {
   LOG_LEVEL: string
   NODE_ENV: 'development' | 'production' | 'test'
   REDIS_URL?: string
+  /** Unset only in public-key mode (JWT_PUBLIC_KEY). */
   JWT_SECRET: string
   HEART_KEY_PREFIX: string
   MAX_PAYLOAD_BYTES: number
@@ -46,6 +61,18 @@ export interface Config {
   MAX_SUBSCRIPTIONS_PER_CONNECTION: number
   MAX_BUFFERED_BYTES: number
   LEGACY_KEYSPACE_EVENTS: boolean
+  JWT_PUBLIC_KEY?: string
+  TOKEN_TTL_S: number
+  WECHAT_APPID?: string
+  WECHAT_SECRET?: string
+  WECHAT_API_BASE: string
+  WECHAT_TIMEOUT_MS: number
+  LOGIN_RATE_LIMIT: number
+  ENABLE_DEV_LOGIN: boolean
+  MAX_CONNECTIONS_PER_USER: number
+  ALLOWED_ORIGINS: string[]
+  MESSAGE_RATE_LIMIT: number
+  UPGRADE_RATE_LIMIT: number
 }
 
 declare module 'fastify' {
@@ -107,7 +134,9 @@ export default fp(async function config (fastify, opts: ConfigOptions) {
   await fastify.register(fastifyEnv, { schema: structuredClone(configSchema), data: opts.env ?? process.env, env: false })
   const cfg = fastify.config
   checkTrustProxy(cfg.TRUST_PROXY)
-  if (cfg.NODE_ENV === 'production') {
+  if (cfg.JWT_PUBLIC_KEY !== undefined) {
+    // Tokens come from another service and are only verified here; JWT_SECRET plays no part.
+  } else if (cfg.NODE_ENV === 'production') {
     if (cfg.JWT_SECRET === undefined || cfg.JWT_SECRET.length < JWT_SECRET_MIN) {
       throw new Error(`env/JWT_SECRET must be set to at least ${JWT_SECRET_MIN} characters when NODE_ENV=production`)
     }
