@@ -22,7 +22,7 @@ export default fp(async function websocket (fastify) {
     preClose (done) {
       const clients = [...fastify.websocketServer.clients]
       if (clients.length === 0) {
-        done()
+        fastify.websocketServer.close(() => done())
         return
       }
       let open = clients.length
@@ -30,7 +30,7 @@ export default fp(async function websocket (fastify) {
       function finish (): void {
         clearTimeout(timer)
         for (const c of clients) c.terminate()
-        done()
+        fastify.websocketServer.close(() => done())
       }
       for (const client of clients) {
         client.once('close', () => { if (--open === 0) finish() })

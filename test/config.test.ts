@@ -24,7 +24,19 @@ const DEFAULTS: Record<string, unknown> = {
   HISTORY_MAX: 10000,
   MAX_SUBSCRIPTIONS_PER_CONNECTION: 20,
   MAX_BUFFERED_BYTES: 1048576,
-  LEGACY_KEYSPACE_EVENTS: false
+  LEGACY_KEYSPACE_EVENTS: false,
+  JWT_PUBLIC_KEY: undefined,
+  TOKEN_TTL_S: 7200,
+  WECHAT_APPID: undefined,
+  WECHAT_SECRET: undefined,
+  WECHAT_API_BASE: 'https://api.weixin.qq.com',
+  WECHAT_TIMEOUT_MS: 5000,
+  LOGIN_RATE_LIMIT: 10,
+  ENABLE_DEV_LOGIN: false,
+  MAX_CONNECTIONS_PER_USER: 5,
+  ALLOWED_ORIGINS: [],
+  MESSAGE_RATE_LIMIT: 20,
+  UPGRADE_RATE_LIMIT: 60
 }
 
 async function tempDir (t: Test): Promise<string> {
@@ -39,7 +51,7 @@ t.test('every setting of the schema has a known default', async (t) => {
 
 t.test('settings left unset take their defaults in app.config', async (t) => {
   // JWT_SECRET stays set so no development secret is generated here; the rest is unset.
-  const app = await build(t, { NODE_ENV: undefined, LOG_LEVEL: undefined })
+  const app = await build(t, { NODE_ENV: undefined, LOG_LEVEL: undefined, MESSAGE_RATE_LIMIT: undefined, UPGRADE_RATE_LIMIT: undefined, MAX_CONNECTIONS_PER_USER: undefined })
   for (const [name, value] of Object.entries(DEFAULTS)) {
     if (name === 'JWT_SECRET') continue
     t.same((app.config as unknown as Record<string, unknown>)[name], value, name)

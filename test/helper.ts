@@ -58,9 +58,20 @@ export interface BuildOptions {
   devSecretFile?: string
 }
 
-/** Test settings: quiet, a known secret, small intervals. */
+/**
+ * Test settings: quiet, a known secret, and limits out of the way of tests that send many frames
+ * or open many sockets from one address (the tests of those limits set them).
+ */
 export function testEnv (env: Env = {}): Env {
-  return { NODE_ENV: 'test', LOG_LEVEL: 'silent', JWT_SECRET: TEST_SECRET, ...env }
+  return {
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'silent',
+    JWT_SECRET: TEST_SECRET,
+    MESSAGE_RATE_LIMIT: '100000',
+    UPGRADE_RATE_LIMIT: '100000',
+    MAX_CONNECTIONS_PER_USER: '1000',
+    ...env
+  }
 }
 
 /** Builds the app as tests use it: not listening, closed when the test ends. */
@@ -195,7 +206,8 @@ export async function startServer (t: Test, env: Env = {}): Promise<ServerProces
   }
   proc.stdout?.on('data', onData)
   proc.stderr?.on('data', onData)
-  const exitCode = once(proc, 'exit').then(([code]) => code as number | null)
+  // 'close', not 'exit': it comes after the last output has been read.
+  const exitCode = once(proc, 'close').then(([code]) => code as number | null)
   t.teardown(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGKILL')
