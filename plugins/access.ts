@@ -7,7 +7,12 @@ declare module 'fastify' {
   }
 }
 
-/** Authorization of reads: a user reads their own heart rate. */
+/**
+ * Authorization of reads: a user reads their own heart rate, and another's when that person has
+ * shared it with them (PUT /shares/:viewerId). Asked on every read, never cached, so a withdrawn
+ * grant takes effect on the next request; live subscriptions end through the hub's `revoked`.
+ */
 export default fp(async function access (fastify) {
-  fastify.decorate('canRead', async (viewerId: string, ownerId: string) => viewerId === ownerId)
-}, { name: 'access' })
+  const store = fastify.heartStore
+  fastify.decorate('canRead', async (viewerId: string, ownerId: string) => viewerId === ownerId || await store.isGranted(ownerId, viewerId))
+}, { name: 'access', dependencies: ['store'] })

@@ -7,10 +7,13 @@ import hub from '../plugins/hub.js'
 import auth from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
 import access from '../plugins/access.js'
+import rateLimit from '../plugins/rate-limit.js'
 import websocket from '../plugins/websocket.js'
 import health from '../routes/health.js'
+import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
+import shares from '../routes/shares.js'
 import { StoreUnavailableError } from './heart/store.js'
 
 export type AppOptions = ConfigOptions
@@ -28,6 +31,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(hub)
   await fastify.register(auth)
   await fastify.register(access)
+  await fastify.register(rateLimit)
   await fastify.register(websocket)
 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
@@ -42,6 +46,8 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   })
 
   await fastify.register(health)
+  await fastify.register(authRoutes)
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)
+  await fastify.register(shares)
 }

@@ -4,38 +4,66 @@ import { HeartSession, type SessionDeps } from '../../src/heart/session.js'
 /** Conflation starts when this much is waiting to be sent (or a quarter of the hard limit, if smaller). */
 const SOFT_BUFFERED_BYTES = 64 * 1024
 
+function refuse (status: number, error: string, message: string): { statusCode: number, error: string, message: string } {
+  return { statusCode: status, error, message }
+}
+
 /**
- * /heart/current: the WebSocket mini programs open. Authentication runs in preValidation, in this
- * plugin's scope only, so a rejected client gets an HTTP 401 and never an upgrade; frames are
- * handled by one HeartSession per socket (src/heart/session.ts, protocol in docs/protocol.md).
+ * /heart/current: the WebSocket mini programs open. Every check runs before the upgrade, in this
+ * plugin's scope only (so /health stays open): upgrades per client IP (429), draining (503),
+ * Origin (403), the token (401), sockets per user (429). Frames are then handled by one
+ * HeartSession per socket (src/heart/session.ts; protocol in docs/protocol.md).
  */
 const heartCurrent: FastifyPluginAsync = async (fastify) => {
-  const { MAX_SUBSCRIPTIONS_PER_CONNECTION, MAX_BUFFERED_BYTES } = fastify.config
+  const config = fastify.config
   const deps: SessionDeps = {
     store: fastify.heartStore,
     hub: fastify.hub,
     limits: {
-      maxSubscriptions: MAX_SUBSCRIPTIONS_PER_CONNECTION,
-      softBufferedBytes: Math.min(SOFT_BUFFERED_BYTES, MAX_BUFFERED_BYTES / 4),
-      maxBufferedBytes: MAX_BUFFERED_BYTES
+      maxSubscriptions: config.MAX_SUBSCRIPTIONS_PER_CONNECTION,
+      softBufferedBytes: Math.min(SOFT_BUFFERED_BYTES, config.MAX_BUFFERED_BYTES / 4),
+      maxBufferedBytes: config.MAX_BUFFERED_BYTES,
+      messageRate: config.MESSAGE_RATE_LIMIT
     },
-    canRead: fastify.canRead
+    canRead: fastify.canRead,
+    verifyToken: fastify.tokens.verify
   }
+  const allowedOrigins = new Set(config.ALLOWED_ORIGINS.filter((o) => o !== ''))
+  /** Open sockets per user on this instance (MAX_CONNECTIONS_PER_USER counts per instance). */
+  const sockets = new Map<string, number>()
 
-  fastify.addHook('preValidation', async (_request, reply) => {
+  fastify.addHook('preValidation', async (request, reply) => {
     if (fastify.lifecycle.draining) {
-      return reply.code(503).send({ statusCode: 503, error: 'Service Unavailable', message: 'server is shutting down: reconnect' })
+      return reply.code(503).send(refuse(503, 'Service Unavailable', 'server is shutting down: reconnect'))
+    }
+    const origin = request.headers.origin
+    // Mini programs and devices send no Origin; browsers always do.
+    if (allowedOrigins.size > 0 && origin !== undefined && !allowedOrigins.has(origin)) {
+      return reply.code(403).send(refuse(403, 'Forbidden', 'origin not allowed'))
     }
   })
   fastify.addHook('preValidation', fastify.authenticate)
-
-  fastify.get('/heart/current', { websocket: true }, (socket, request) => {
+  fastify.addHook('preValidation', async (request, reply) => {
     const { userId } = request.principal!
+    if ((sockets.get(userId) ?? 0) >= config.MAX_CONNECTIONS_PER_USER) {
+      return reply.code(429).send(refuse(429, 'Too Many Requests', `at most ${config.MAX_CONNECTIONS_PER_USER} open sockets per user`))
+    }
+  })
+
+  fastify.get('/heart/current', {
+    websocket: true,
+    config: { rateLimit: { max: config.UPGRADE_RATE_LIMIT, timeWindow: '1 minute' } }
+  }, (socket, request) => {
+    const { userId, exp } = request.principal!
     const log = request.log
-    const session = new HeartSession(socket, userId, deps, log)
+    sockets.set(userId, (sockets.get(userId) ?? 0) + 1)
+    const session = new HeartSession(socket, userId, exp, deps, log)
     socket.on('message', (data, isBinary) => session.onMessage(data as Buffer, isBinary))
     socket.on('close', (code) => {
       session.onClose()
+      const left = (sockets.get(userId) ?? 1) - 1
+      if (left === 0) sockets.delete(userId)
+      else sockets.set(userId, left)
       log.info({ userId, code }, 'socket closed')
     })
     log.info({ userId }, 'socket open')

@@ -4,6 +4,10 @@ import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading 
 
 /** Where a subscription's frames go: a socket session. */
 export interface Watcher {
+  /** Who is watching (the socket's user). */
+  readonly userId: string
+  /** The owner withdrew this watcher's grant: its subscription to `ownerId` is already gone. */
+  revoked (ownerId: string): void
   /** A live reading frame for `userId`; the watcher may conflate these when it is slow. */
   push (userId: string, frame: string): void
   /** A frame that must not be dropped (replay). */
@@ -160,6 +164,16 @@ export class Hub implements FeedListener {
     }
     const frame = readingFrame(userId, r)
     for (const sub of topic.subs) sub.offer(frame, r.id)
+  }
+
+  revoked (ownerId: string, viewerId: string): void {
+    const topic = this.topics.get(ownerId)
+    if (topic === undefined) return
+    for (const sub of [...topic.subs]) {
+      if (sub.watcher.userId !== viewerId) continue
+      this.unsubscribe(sub)
+      sub.watcher.revoked(ownerId)
+    }
   }
 
   resumed (): void {

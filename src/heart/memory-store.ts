@@ -31,6 +31,11 @@ class MemoryFeed implements ReadingFeed {
       for (const r of readings) this.listener?.reading(userId, r)
     })
   }
+
+  publishRevoked (ownerId: string, viewerId: string): void {
+    if (!this.watched.has(ownerId)) return
+    queueMicrotask(() => this.listener?.revoked(ownerId, viewerId))
+  }
 }
 
 /**
@@ -41,6 +46,8 @@ export class MemoryStore implements HeartStore {
   readonly kind = 'memory'
   readonly feed = new MemoryFeed()
   private readonly users = new Map<string, UserData>()
+  private readonly viewers = new Map<string, Set<string>>()
+  private readonly watching = new Map<string, Set<string>>()
   private lastMs = 0
   private seq = 0
 
@@ -105,7 +112,46 @@ export class MemoryStore implements HeartStore {
     return { readings, truncated: compareIds(since, data.maxDeletedId) < 0 }
   }
 
+  async grant (ownerId: string, viewerId: string): Promise<void> {
+    addTo(this.viewers, ownerId, viewerId)
+    addTo(this.watching, viewerId, ownerId)
+  }
+
+  async revoke (ownerId: string, viewerId: string): Promise<boolean> {
+    const had = removeFrom(this.viewers, ownerId, viewerId)
+    removeFrom(this.watching, viewerId, ownerId)
+    this.feed.publishRevoked(ownerId, viewerId)
+    return had
+  }
+
+  async isGranted (ownerId: string, viewerId: string): Promise<boolean> {
+    return this.viewers.get(ownerId)?.has(viewerId) ?? false
+  }
+
+  async viewersOf (ownerId: string): Promise<string[]> {
+    return [...this.viewers.get(ownerId) ?? []].sort()
+  }
+
+  async watchedBy (viewerId: string): Promise<string[]> {
+    return [...this.watching.get(viewerId) ?? []].sort()
+  }
+
   async close (): Promise<void> {
     this.users.clear()
+    this.viewers.clear()
+    this.watching.clear()
   }
+}
+
+function addTo (map: Map<string, Set<string>>, key: string, value: string): void {
+  let set = map.get(key)
+  if (set === undefined) map.set(key, set = new Set())
+  set.add(value)
+}
+
+function removeFrom (map: Map<string, Set<string>>, key: string, value: string): boolean {
+  const set = map.get(key)
+  if (set === undefined || !set.delete(value)) return false
+  if (set.size === 0) map.delete(key)
+  return true
 }

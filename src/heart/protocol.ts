@@ -6,12 +6,12 @@ import { isHistoryId, isUserId, type Current, type StoredReading } from './readi
 import type { LiveReading } from './store.js'
 
 /** JSON frame types a client may send. */
-export const CLIENT_FRAME_TYPES = ['get', 'ping', 'subscribe', 'unsubscribe'] as const
+export const CLIENT_FRAME_TYPES = ['get', 'ping', 'subscribe', 'unsubscribe', 'refresh'] as const
 export type ClientFrameType = typeof CLIENT_FRAME_TYPES[number]
 
 /** Codes of `{"type":"error","code":…}` frames. */
 export const ERROR_CODES = [
-  'bad_request', 'forbidden', 'unavailable', 'internal', 'too_many_subscriptions'
+  'bad_request', 'forbidden', 'unauthorized', 'unavailable', 'internal', 'too_many_subscriptions', 'rate_limited'
 ] as const
 export type ErrorCode = typeof ERROR_CODES[number]
 
@@ -19,12 +19,16 @@ export type ErrorCode = typeof ERROR_CODES[number]
 export const CloseCode = {
   /** Server shutting down: reconnect at once (another instance answers). */
   GOING_AWAY: 1001,
+  /** Policy: kept sending over MESSAGE_RATE_LIMIT. */
+  POLICY: 1008,
   /** Frame over MAX_PAYLOAD_BYTES (sent by ws itself). */
   TOO_BIG: 1009,
   /** Unexpected server error. */
   INTERNAL: 1011,
   /** Too slow to read what it is sent: back off, reconnect with `since`. */
-  TRY_AGAIN_LATER: 1013
+  TRY_AGAIN_LATER: 1013,
+  /** The token reached `exp`: log in again, then reconnect. */
+  TOKEN_EXPIRED: 4001
 } as const
 
 export type ReqId = string | number
@@ -33,8 +37,11 @@ export interface ParsedFrame {
   type: ClientFrameType
   userId?: string
   since?: string
+  token?: string
   reqId?: ReqId
 }
+
+const TOKEN_MAX = 8192
 
 export class FrameError extends Error {
   constructor (readonly code: ErrorCode, message: string, readonly reqId?: ReqId) {
@@ -71,6 +78,13 @@ export function parseJsonFrame (text: string): ParsedFrame {
   const frame: ParsedFrame = { type: type as ClientFrameType }
   if (reqId !== undefined) frame.reqId = reqId
   if (type === 'ping') return frame
+  if (type === 'refresh') {
+    if (typeof obj.token !== 'string' || obj.token.length === 0 || obj.token.length > TOKEN_MAX) {
+      throw new FrameError('bad_request', 'token must be a JWT string', reqId)
+    }
+    frame.token = obj.token
+    return frame
+  }
   if (!isUserId(obj.userId)) {
     throw new FrameError('bad_request', 'userId must be 1-64 characters of A-Z a-z 0-9 _ -', reqId)
   }
@@ -112,6 +126,14 @@ export function subscribedFrame (userId: string, current: Current | null, trunca
 
 export function unsubscribedFrame (userId: string, reqId?: ReqId): string {
   return `{"type":"unsubscribed","userId":"${userId}"${reqIdTail(reqId)}`
+}
+
+export function revokedFrame (ownerId: string): string {
+  return `{"type":"revoked","userId":"${ownerId}"}`
+}
+
+export function refreshedFrame (exp: number, reqId?: ReqId): string {
+  return `{"type":"refreshed","exp":${exp}${reqIdTail(reqId)}`
 }
 
 export function readingFrame (userId: string, r: LiveReading | StoredReading): string {

@@ -5,7 +5,9 @@
  *                                 so `HEART_KEY_PREFIX=""` gives `SET <userId> <bpm>` as before.
  * - `{<prefix><userId>}:ts`       `<ts>:<bpm>`: when the service last moved the current value, and to what.
  * - `{<prefix><userId>}:history`  a stream of readings (`bpm`, `ts` fields), capped near HISTORY_MAX.
- * - `{<prefix><userId>}:live`     the pub/sub channel new readings are published on.
+ * - `{<prefix><userId>}:live`     the pub/sub channel new readings (and revocations of grants) are published on.
+ * - `{<prefix><userId>}:viewers`  a set: who may read this user (sharing).
+ * - `{<prefix><userId>}:watching` a set: whom this user may read.
  *
  * The braces are a cluster hash tag whose content is the legacy key itself, so all four hash
  * to the legacy key's slot (and a prefix must not contain braces). User ids cannot contain
@@ -16,12 +18,14 @@ export interface UserKeys {
   meta: string
   history: string
   channel: string
+  viewers: string
+  watching: string
 }
 
 export function userKeys (prefix: string, userId: string): UserKeys {
   const current = prefix + userId
   const tag = `{${current}}`
-  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live` }
+  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching` }
 }
 
 const CHANNEL_SUFFIX = '}:live'

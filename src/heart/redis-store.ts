@@ -194,13 +194,17 @@ class RedisFeed implements ReadingFeed {
     }
     const userId = userIdOfChannel(this.prefix, channel)
     if (userId === null) return
-    let readings: LiveReading[]
+    let parsed: LiveReading[] | { revoked?: unknown }
     try {
-      readings = JSON.parse(message)
+      parsed = JSON.parse(message)
     } catch {
       return
     }
-    for (const r of readings) this.listener.reading(userId, r)
+    if (Array.isArray(parsed)) {
+      for (const r of parsed) this.listener.reading(userId, r)
+    } else if (typeof parsed?.revoked === 'string') {
+      this.listener.revoked(userId, parsed.revoked)
+    }
   }
 
   private async onLegacySet (userId: string): Promise<void> {
@@ -284,6 +288,35 @@ export class RedisStore implements HeartStore {
     const current = parseCurrent(value, meta)
     if (current === null || current.ts !== null) return null
     return { id: null, bpm: current.bpm, ts: Date.now() }
+  }
+
+  async grant (ownerId: string, viewerId: string): Promise<void> {
+    const o = userKeys(this.prefix, ownerId)
+    const v = userKeys(this.prefix, viewerId)
+    await guarded(() => this.redis.multi().sadd(o.viewers, viewerId).sadd(v.watching, ownerId).exec())
+  }
+
+  async revoke (ownerId: string, viewerId: string): Promise<boolean> {
+    const o = userKeys(this.prefix, ownerId)
+    const v = userKeys(this.prefix, viewerId)
+    const results = await guarded(() => this.redis.multi()
+      .srem(o.viewers, viewerId)
+      .srem(v.watching, ownerId)
+      .publish(o.channel, JSON.stringify({ revoked: viewerId }))
+      .exec())
+    return results?.[0]?.[1] === 1
+  }
+
+  async isGranted (ownerId: string, viewerId: string): Promise<boolean> {
+    return await guarded(() => this.redis.sismember(userKeys(this.prefix, ownerId).viewers, viewerId)) === 1
+  }
+
+  async viewersOf (ownerId: string): Promise<string[]> {
+    return (await guarded(() => this.redis.smembers(userKeys(this.prefix, ownerId).viewers))).sort()
+  }
+
+  async watchedBy (viewerId: string): Promise<string[]> {
+    return (await guarded(() => this.redis.smembers(userKeys(this.prefix, viewerId).watching))).sort()
   }
 
   async close (): Promise<void> {

@@ -2,8 +2,8 @@ import type { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import { Subscription, type Hub, type Watcher } from './hub.js'
 import {
-  CloseCode, FrameError, currentFrame, errorFrame, legacyReply, parseJsonFrame, pongFrame, subscribedFrame, unsubscribedFrame,
-  type ParsedFrame, type ReqId
+  CloseCode, FrameError, currentFrame, errorFrame, legacyReply, parseJsonFrame, pongFrame, refreshedFrame, revokedFrame,
+  subscribedFrame, unsubscribedFrame, type ParsedFrame, type ReqId
 } from './protocol.js'
 import { isUserId } from './reading.js'
 import { StoreUnavailableError, type HeartStore } from './store.js'
@@ -14,6 +14,8 @@ export interface SessionLimits {
   softBufferedBytes: number
   /** Past this many unsent bytes, the socket is closed with 1013. */
   maxBufferedBytes: number
+  /** Frames per second a socket may send (token bucket, bursts up to one second's worth). */
+  messageRate: number
 }
 
 export interface SessionDeps {
@@ -22,11 +24,17 @@ export interface SessionDeps {
   limits: SessionLimits
   /** Whether `viewerId` may read `ownerId`'s heart rate. */
   canRead (viewerId: string, ownerId: string): Promise<boolean>
+  /** Verifies a token sent in a `refresh` frame; throws with a message safe to show. */
+  verifyToken (token: string): { userId: string, exp: number }
 }
 
 const OPEN = 1
 const LEFT_BRACE = 123
 const DRAIN_POLL_MS = 20
+/** A flood that has gone on this long (rejections in every second of it) closes the socket with 1008. */
+const SUSTAINED_FLOOD_MS = 5000
+/** setTimeout's ceiling; a later expiry is re-armed when it fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * One authenticated socket on /heart/current: parses frames, answers them, and receives pushes
@@ -38,20 +46,66 @@ export class HeartSession implements Watcher {
   /** Newest pending reading frame per user while the socket is too slow; null when not conflating. */
   private conflated: Map<string, string> | null = null
   private drainTimer: NodeJS.Timeout | null = null
+  private expiryTimer: NodeJS.Timeout | null = null
+  private exp = 0
   private closed = false
+  /** Token bucket of the frame rate limit. */
+  private allowance: number
+  private refilledAt = Date.now()
+  private floodSince = 0
+  private lastRejectedAt = 0
 
   constructor (
     private readonly ws: WebSocket,
     readonly userId: string,
+    exp: number,
     private readonly deps: SessionDeps,
     private readonly log: FastifyBaseLogger
-  ) {}
+  ) {
+    this.allowance = deps.limits.messageRate
+    this.setExpiry(exp)
+  }
+
+  /** Closes the socket with 4001 when the token expires; a refresh moves the moment. */
+  private setExpiry (exp: number): void {
+    this.exp = exp
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
+    const ms = exp * 1000 - Date.now()
+    if (ms <= 0) {
+      this.expiryTimer = null
+      this.ws.close(CloseCode.TOKEN_EXPIRED, 'token expired')
+      return
+    }
+    this.expiryTimer = setTimeout(() => this.setExpiry(this.exp), Math.min(ms, MAX_TIMER_MS))
+  }
+
+  /** Spends one frame of the rate limit; past it, answers rate_limited, and closes with 1008 when the flood goes on. */
+  private allowFrame (): boolean {
+    const now = Date.now()
+    const rate = this.deps.limits.messageRate
+    this.allowance = Math.min(rate, this.allowance + (now - this.refilledAt) * rate / 1000)
+    this.refilledAt = now
+    if (this.allowance >= 1) {
+      this.allowance -= 1
+      return true
+    }
+    if (now - this.lastRejectedAt > 1000) this.floodSince = now
+    this.lastRejectedAt = now
+    if (now - this.floodSince >= SUSTAINED_FLOOD_MS) {
+      this.log.warn({ userId: this.userId }, 'closing a socket that keeps sending over MESSAGE_RATE_LIMIT')
+      this.ws.close(CloseCode.POLICY, 'message rate limit exceeded')
+    } else {
+      this.send(errorFrame('rate_limited', `at most ${rate} frames per second`))
+    }
+    return false
+  }
 
   get subscriptionCount (): number {
     return this.subs.size
   }
 
   onMessage (data: Buffer, isBinary: boolean): void {
+    if (!this.allowFrame()) return
     if (isBinary) {
       this.send(errorFrame('bad_request', 'binary frames are not accepted: send text'))
       return
@@ -77,6 +131,13 @@ export class HeartSession implements Watcher {
     this.subs.clear()
     this.conflated = null
     if (this.drainTimer !== null) clearInterval(this.drainTimer)
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
+  }
+
+  revoked (ownerId: string): void {
+    const sub = this.subs.get(ownerId)
+    if (sub !== undefined) this.subs.delete(ownerId)
+    this.send(revokedFrame(ownerId))
   }
 
   private async run (reqId: ReqId | undefined, work: () => Promise<void>): Promise<void> {
@@ -126,6 +187,18 @@ export class HeartSession implements Watcher {
       case 'subscribe':
         await this.subscribe(frame.userId as string, frame.since, reqId)
         return
+      case 'refresh': {
+        let principal
+        try {
+          principal = this.deps.verifyToken(frame.token as string)
+        } catch (err) {
+          throw new FrameError('unauthorized', `refresh refused: ${(err as Error).message}`, reqId)
+        }
+        if (principal.userId !== this.userId) throw new FrameError('unauthorized', 'refresh refused: the token is for another user', reqId)
+        this.setExpiry(principal.exp)
+        this.send(refreshedFrame(principal.exp, reqId))
+        return
+      }
       case 'unsubscribe': {
         const userId = frame.userId as string
         const sub = this.subs.get(userId)
@@ -155,6 +228,12 @@ export class HeartSession implements Watcher {
     } catch (err) {
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
       throw err
+    }
+    // A grant withdrawn while this subscription was being set up may have been announced before
+    // it existed: check once more now that it will hear any later revocation.
+    if (userId !== this.userId && sub.active && !await this.deps.canRead(this.userId, userId)) {
+      this.deps.hub.unsubscribe(sub)
+      if (this.subs.get(userId) === sub) this.revoked(userId)
     }
   }
 

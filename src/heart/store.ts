@@ -30,6 +30,8 @@ export interface FeedListener {
   reading (userId: string, reading: LiveReading): void
   /** The feed's connection came back and every watched user is subscribed again: readings in between may have been missed. */
   resumed (): void
+  /** `ownerId` withdrew `viewerId`'s grant (on any instance). */
+  revoked (ownerId: string, viewerId: string): void
 }
 
 /**
@@ -57,6 +59,17 @@ export interface HeartStore {
   /** Appends to history, moves the current value forward when a reading is newer, publishes: all or nothing. Returns the history ids in order. */
   append (userId: string, readings: NewReading[]): Promise<string[]>
   history (userId: string, query: HistoryQuery): Promise<HistoryPage>
+
+  /** Lets `viewerId` read `ownerId`'s heart rate. */
+  grant (ownerId: string, viewerId: string): Promise<void>
+  /** Withdraws a grant and tells every instance (the feed's `revoked`); false when there was none. */
+  revoke (ownerId: string, viewerId: string): Promise<boolean>
+  isGranted (ownerId: string, viewerId: string): Promise<boolean>
+  /** Who may read `ownerId`, sorted. */
+  viewersOf (ownerId: string): Promise<string[]>
+  /** Whom `viewerId` may read, sorted. */
+  watchedBy (viewerId: string): Promise<string[]>
+
   close (): Promise<void>
 }
 

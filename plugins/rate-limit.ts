@@ -1,0 +1,27 @@
+import fp from 'fastify-plugin'
+import fastifyRateLimit from '@fastify/rate-limit'
+import type { FastifyRequest } from 'fastify'
+
+/**
+ * The client a limit counts against: its address as Fastify sees it (behind nginx, the real
+ * client once TRUST_PROXY names nginx). Requests made by `injectWS` have no socket address.
+ */
+export function clientKey (request: FastifyRequest): string {
+  return request.ip ?? request.raw.socket?.remoteAddress ?? 'unknown'
+}
+
+/**
+ * Per-client rate limits, opted into route by route (`config.rateLimit`): login attempts and
+ * WebSocket upgrades. Counted per instance, in memory.
+ */
+export default fp(async function rateLimit (fastify) {
+  await fastify.register(fastifyRateLimit, {
+    global: false,
+    keyGenerator: clientKey,
+    errorResponseBuilder: (_request, context) => ({
+      statusCode: 429,
+      error: 'Too Many Requests',
+      message: `rate limit exceeded: at most ${context.max} per ${context.after}, retry later`
+    })
+  })
+}, { name: 'rate-limit' })

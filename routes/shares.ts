@@ -1,0 +1,74 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { USER_ID_PATTERN } from '../src/heart/reading.js'
+
+/** A person shares with family and carers, not with a crowd; the cap keeps a set small and its checks cheap. */
+const MAX_VIEWERS = 100
+
+const ViewerParams = Type.Object({ viewerId: Type.String({ pattern: USER_ID_PATTERN }) })
+const ErrorBody = Type.Object({ statusCode: Type.Integer(), error: Type.String(), message: Type.String() })
+const Share = Type.Object({ ownerId: Type.String(), viewerId: Type.String() })
+
+/**
+ * Sharing: the caller (the token's `sub`) is the owner. Granting lets the viewer read the owner's
+ * heart rate over the socket and history; withdrawing it ends the viewer's live subscriptions on
+ * every instance with a `revoked` frame, and later requests get `forbidden`.
+ */
+const shares: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.addHook('preValidation', fastify.authenticate)
+  const store = fastify.heartStore
+
+  fastify.put('/shares/:viewerId', {
+    schema: {
+      summary: 'Let a viewer read my heart rate',
+      params: ViewerParams,
+      response: { 200: Share, 400: ErrorBody, 401: ErrorBody, 409: ErrorBody, 503: ErrorBody }
+    }
+  }, async (request, reply) => {
+    const ownerId = request.principal!.userId
+    const { viewerId } = request.params
+    if (viewerId === ownerId) return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'params/viewerId is yourself: you can always read your own heart rate' })
+    const viewers = await store.viewersOf(ownerId)
+    if (!viewers.includes(viewerId) && viewers.length >= MAX_VIEWERS) {
+      return reply.code(409).send({ statusCode: 409, error: 'Conflict', message: `at most ${MAX_VIEWERS} viewers; withdraw one first` })
+    }
+    await store.grant(ownerId, viewerId)
+    return { ownerId, viewerId }
+  })
+
+  fastify.delete('/shares/:viewerId', {
+    schema: {
+      summary: 'Withdraw a viewer\'s access; their live subscriptions end at once',
+      params: ViewerParams,
+      response: { 204: Type.Null(), 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 503: ErrorBody }
+    }
+  }, async (request, reply) => {
+    const ownerId = request.principal!.userId
+    const { viewerId } = request.params
+    if (!await store.revoke(ownerId, viewerId)) {
+      return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `${viewerId} has no access to share` })
+    }
+    return reply.code(204).send(null)
+  })
+
+  fastify.get('/shares', {
+    schema: {
+      summary: 'Who may read my heart rate',
+      response: { 200: Type.Object({ ownerId: Type.String(), viewers: Type.Array(Type.String()) }), 401: ErrorBody, 503: ErrorBody }
+    }
+  }, async (request) => {
+    const ownerId = request.principal!.userId
+    return { ownerId, viewers: await store.viewersOf(ownerId) }
+  })
+
+  fastify.get('/shares/watching', {
+    schema: {
+      summary: 'Whose heart rate I may read',
+      response: { 200: Type.Object({ viewerId: Type.String(), owners: Type.Array(Type.String()) }), 401: ErrorBody, 503: ErrorBody }
+    }
+  }, async (request) => {
+    const viewerId = request.principal!.userId
+    return { viewerId, owners: await store.watchedBy(viewerId) }
+  })
+}
+
+export default shares
