@@ -15,7 +15,7 @@ export default fp(async function store (fastify) {
   const { HEART_KEY_PREFIX, HISTORY_MAX, LEGACY_KEYSPACE_EVENTS } = fastify.config
   let store: HeartStore
   if (fastify.hasDecorator('redis')) {
-    const subscriber: Redis = fastify.redis.duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined })
+    const subscriber: Redis = fastify.redis.duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined, autoResubscribe: false })
     subscriber.on('error', (err: Error) => fastify.log.debug({ err }, 'redis feed connection error'))
     if (subscriber.status !== 'ready') await new Promise((resolve) => subscriber.once('ready', resolve))
     const redisStore = new RedisStore({ redis: fastify.redis, subscriber, prefix: HEART_KEY_PREFIX, historyMax: HISTORY_MAX, legacyKeyspaceEvents: LEGACY_KEYSPACE_EVENTS })

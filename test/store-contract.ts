@@ -25,6 +25,11 @@ export class Recorder implements FeedListener {
     this.resumes++
   }
 
+  readonly revocations: Array<[ownerId: string, viewerId: string]> = []
+  revoked (ownerId: string, viewerId: string): void {
+    this.revocations.push([ownerId, viewerId])
+  }
+
   of (userId: string): LiveReading[] {
     return this.readings.get(userId) ?? []
   }
@@ -237,6 +242,36 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       await store.feed.watch('u1')
       await store.append('u1', [{ bpm: 60, ts: 1 }])
       await rec.waitFor('u1', 1)
+    })
+
+    t.test('grants: granted, listed both ways, withdrawn', async (t) => {
+      const store = await fresh(t)
+      t.equal(await store.isGranted('owner', 'v1'), false)
+      await store.grant('owner', 'v2')
+      await store.grant('owner', 'v1')
+      await store.grant('owner', 'v1')
+      await store.grant('other', 'v1')
+      t.equal(await store.isGranted('owner', 'v1'), true)
+      t.equal(await store.isGranted('v1', 'owner'), false, 'a grant goes one way')
+      t.same(await store.viewersOf('owner'), ['v1', 'v2'])
+      t.same(await store.watchedBy('v1'), ['other', 'owner'])
+      t.equal(await store.revoke('owner', 'v1'), true)
+      t.equal(await store.revoke('owner', 'v1'), false, 'a second revoke finds nothing')
+      t.equal(await store.isGranted('owner', 'v1'), false)
+      t.same(await store.viewersOf('owner'), ['v2'])
+      t.same(await store.watchedBy('v1'), ['other'])
+      t.same(await store.viewersOf('nobody'), [])
+    })
+
+    t.test('a revoke reaches the feed of instances watching the owner', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await store.feed.watch('owner')
+      await store.grant('owner', 'v1')
+      await store.revoke('owner', 'v1')
+      t.ok(await eventually(() => rec.revocations.length === 1, 3000), 'delivered')
+      t.same(rec.revocations, [['owner', 'v1']])
     })
   })
 }

@@ -1,0 +1,133 @@
+import t from 'tap'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import WebSocket from 'ws'
+import { Frames, RedisServer, eventually, sleep, startServer, token, type ServerProcess } from './helper.js'
+
+const KEY = 'outage-key'
+
+async function post (server: ServerProcess, userId: string, bpm: number): Promise<{ status: number, id?: string }> {
+  try {
+    const res = await fetch(`${server.url}/heart/${userId}/readings`, {
+      method: 'POST',
+      headers: { 'x-api-key': KEY, 'content-type': 'application/json' },
+      body: JSON.stringify({ bpm }),
+      signal: AbortSignal.timeout(5000)
+    })
+    const body = await res.json() as { ids?: string[] }
+    return { status: res.status, id: body.ids?.[0] }
+  } catch {
+    return { status: 0 }
+  }
+}
+
+async function health (server: ServerProcess): Promise<number> {
+  try {
+    return (await fetch(`${server.url}/health`, { signal: AbortSignal.timeout(3000) })).status
+  } catch {
+    return 0
+  }
+}
+
+async function connect (server: ServerProcess, userId: string): Promise<Frames> {
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/heart/current`, { headers: { authorization: `Bearer ${token(userId)}` } })
+  const frames = new Frames(ws)
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+  return frames
+}
+
+/** Every reading frame a socket receives, by user. */
+function recordReadings (frames: Frames): Map<string, string[]> {
+  const seen = new Map<string, string[]>()
+  frames.ws.on('message', (data) => {
+    const f = JSON.parse(String(data))
+    if (f.type !== 'reading') return
+    const list = seen.get(f.userId) ?? []
+    list.push(f.id)
+    seen.set(f.userId, list)
+  })
+  return seen
+}
+
+t.test('a Redis outage: 503s and unavailable frames while it is down, then recovery without reconnecting and without losing a reading', async (t) => {
+  // Redis keeps what it acknowledged (AOF, fsync always) so "accepted before the outage" can be checked after it.
+  const dir = await mkdtemp(join(tmpdir(), 'heart-outage-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const redis = await RedisServer.start(['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir])
+  t.teardown(() => redis.stop())
+  const env = { REDIS_URL: redis.url, INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: 'o:' }
+  const a = await startServer(t, env)
+  const b = await startServer(t, env)
+
+  // Watchers of u1 on both instances, a watcher of u2 that leaves during the outage, and one that joins.
+  const onA = await connect(a, 'u1')
+  const onB = await connect(b, 'u1')
+  const leaver = await connect(b, 'u2')
+  const idle = await connect(a, 'u2')
+  const seenA = recordReadings(onA)
+  const seenB = recordReadings(onB)
+  for (const [f, u] of [[onA, 'u1'], [onB, 'u1'], [leaver, 'u2']] as const) {
+    t.match(await f.ask({ type: 'subscribe', userId: u }), { type: 'subscribed' })
+  }
+
+  const accepted: string[] = []
+  for (let i = 0; i < 10; i++) {
+    const r = await post(i % 2 === 0 ? a : b, 'u1', 60 + i)
+    t.equal(r.status, 202)
+    accepted.push(r.id as string)
+  }
+  t.ok(await eventually(() => (seenA.get('u1')?.length ?? 0) === 10 && (seenB.get('u1')?.length ?? 0) === 10, 3000), 'live before the outage')
+  for (const f of [onA, onB]) await f.quiet(0) // drop the readings from the queue the next asks read
+
+  await redis.stop()
+  const down = Date.now()
+  t.ok(await eventually(async () => await health(a) === 503 && await health(b) === 503, 2000), '/health is 503 on both within 2 s')
+  t.comment(`health turned 503 after ${Date.now() - down} ms`)
+  t.equal((await post(a, 'u1', 99)).status, 503, 'ingest refuses instead of accepting what it cannot store')
+  t.match(await onA.ask({ type: 'get', userId: 'u1', reqId: 'g' }), { type: 'error', code: 'unavailable', reqId: 'g' })
+  t.match(await onB.ask('u1'), { type: 'error', code: 'unavailable' }, 'the original protocol gets the error frame too')
+  t.match(await idle.ask({ type: 'subscribe', userId: 'u2' }), { type: 'error', code: 'unavailable' }, 'subscribing during the outage fails cleanly')
+  t.same(await leaver.ask({ type: 'unsubscribe', userId: 'u2' }), { type: 'unsubscribed', userId: 'u2' }, 'unsubscribing during the outage works')
+  for (const f of [onA, onB, leaver, idle]) t.match(await f.ask({ type: 'ping' }), { type: 'pong' }, 'sockets stay open')
+  // No spinning: the process stays responsive and idle while Redis is away.
+  const cpuBefore = process.cpuUsage()
+  await sleep(1000)
+  t.ok(process.kill(a.proc.pid as number, 0) && process.kill(b.proc.pid as number, 0), 'both processes alive')
+  t.ok(process.cpuUsage(cpuBefore).user < 1e6)
+
+  await redis.start()
+  const restarted = Date.now()
+  // Post as soon as an instance answers again: its feed connection may still be reconnecting.
+  let first: { status: number, id?: string } = { status: 0 }
+  while (Date.now() - restarted < 10000) {
+    first = await post(a, 'u1', 80)
+    if (first.status === 202) break
+    await sleep(20)
+  }
+  t.equal(first.status, 202, 'ingest works again within 10 s')
+  accepted.push(first.id as string)
+  t.ok(await eventually(async () => await health(a) === 200 && await health(b) === 200, 10000), '/health is 200 again on both within 10 s')
+  t.comment(`healthy again ${Date.now() - restarted} ms after the restart`)
+  for (let i = 0; i < 10; i++) {
+    const r = await post(i % 2 === 0 ? b : a, 'u1', 81 + i)
+    t.equal(r.status, 202)
+    accepted.push(r.id as string)
+  }
+  t.ok(await eventually(() => (seenA.get('u1')?.length ?? 0) >= accepted.length && (seenB.get('u1')?.length ?? 0) >= accepted.length, 5000), 'readings after the restart reach the existing subscribers')
+  await sleep(200)
+  t.same(seenA.get('u1'), accepted, 'instance A: every accepted reading, once, in order')
+  t.same(seenB.get('u1'), accepted, 'instance B: every accepted reading, once, in order')
+  t.notOk(seenB.has('u2'), 'nothing for the user unsubscribed during the outage')
+
+  const raw = redis.client()
+  t.teardown(() => raw.disconnect())
+  const history = await raw.xrange('{o:u1}:history', '-', '+') as Array<[string, string[]]>
+  t.same(history.map(([id]) => id), accepted, 'every 202 is in history, nothing else is')
+  const numsub = await raw.pubsub('NUMSUB', '{o:u1}:live', '{o:u2}:live') as Array<string | number>
+  t.same(numsub, ['{o:u1}:live', 2, '{o:u2}:live', 0], 'subscriptions match the sockets still subscribed: u1 on both instances, u2 nowhere')
+
+  t.match(await idle.ask({ type: 'subscribe', userId: 'u2' }), { type: 'subscribed' }, 'subscribing works again')
+  t.same((await raw.pubsub('NUMSUB', '{o:u2}:live') as Array<string | number>)[1], 1)
+  for (const f of [onA, onB, leaver, idle]) f.ws.terminate()
+})
