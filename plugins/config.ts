@@ -35,11 +35,16 @@ export const configSchema = {
     WECHAT_TIMEOUT_MS: { type: 'integer', minimum: 100, maximum: 60000, default: 5000 },
     LOGIN_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 100000, default: 10 },
     ENABLE_DEV_LOGIN: { type: 'boolean', default: false },
+    // No default: unset means on outside production (routes/demo.ts).
+    ENABLE_DEMO: { type: 'boolean' },
     MAX_CONNECTIONS_PER_USER: { type: 'integer', minimum: 1, maximum: 1000000, default: 5 },
     ALLOWED_ORIGINS: { type: 'string', separator: ',', default: '' },
     // Flood control
     MESSAGE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 20 },
-    UPGRADE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 60 }
+    UPGRADE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 60 },
+    // Operations
+    METRICS_TOKEN: { type: 'string', minLength: 16 },
+    ENABLE_API_DOCS: { type: 'boolean' }
   }
 } as const
 
@@ -69,10 +74,15 @@ export interface Config {
   WECHAT_TIMEOUT_MS: number
   LOGIN_RATE_LIMIT: number
   ENABLE_DEV_LOGIN: boolean
+  /** The demo page at /demo; unset: on unless NODE_ENV=production. */
+  ENABLE_DEMO?: boolean
   MAX_CONNECTIONS_PER_USER: number
   ALLOWED_ORIGINS: string[]
   MESSAGE_RATE_LIMIT: number
   UPGRADE_RATE_LIMIT: number
+  METRICS_TOKEN?: string
+  /** Unset: on outside production. */
+  ENABLE_API_DOCS?: boolean
 }
 
 declare module 'fastify' {

@@ -21,7 +21,7 @@ export default fp(async function rateLimit (fastify) {
     errorResponseBuilder: (_request, context) => ({
       statusCode: 429,
       error: 'Too Many Requests',
-      message: `rate limit exceeded: at most ${context.max} per ${context.after}, retry later`
+      message: `rate limit exceeded: at most ${context.max} per window, retry in ${context.after}`
     })
   })
 }, { name: 'rate-limit' })

@@ -18,7 +18,7 @@ export default fp(async function store (fastify) {
     const subscriber: Redis = fastify.redis.duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined, autoResubscribe: false })
     subscriber.on('error', (err: Error) => fastify.log.debug({ err }, 'redis feed connection error'))
     if (subscriber.status !== 'ready') await new Promise((resolve) => subscriber.once('ready', resolve))
-    const redisStore = new RedisStore({ redis: fastify.redis, subscriber, prefix: HEART_KEY_PREFIX, historyMax: HISTORY_MAX, legacyKeyspaceEvents: LEGACY_KEYSPACE_EVENTS })
+    const redisStore = new RedisStore({ redis: fastify.redis, subscriber, prefix: HEART_KEY_PREFIX, historyMax: HISTORY_MAX, legacyKeyspaceEvents: LEGACY_KEYSPACE_EVENTS, onError: () => fastify.metrics.storeErrors.inc() })
     if (LEGACY_KEYSPACE_EVENTS) {
       try {
         await redisStore.enableKeyspaceEvents()
@@ -35,4 +35,4 @@ export default fp(async function store (fastify) {
   }
   fastify.decorate('heartStore', store)
   fastify.addHook('onClose', async () => { await store.close() })
-}, { name: 'store', dependencies: ['config', 'redis'] })
+}, { name: 'store', dependencies: ['config', 'redis', 'metrics'] })

@@ -15,9 +15,15 @@ export default fp(async function websocket (fastify) {
   const { MAX_PAYLOAD_BYTES, PING_INTERVAL_MS } = fastify.config
   await fastify.register(fastifyWebsocket, {
     options: { maxPayload: MAX_PAYLOAD_BYTES },
-    // ws has already started the right close (1009 for a frame too big, 1002 for a protocol error).
-    errorHandler (err, _socket, request) {
-      request.log.info({ err }, 'websocket error')
+    errorHandler (err, socket, request) {
+      // A protocol error (a frame too big, a bad frame): ws has already started the right close (1009, 1002).
+      if (socket.readyState !== socket.OPEN) {
+        request.log.info({ err }, 'websocket error')
+        return
+      }
+      // Anything else escaped the handler: the socket cannot be trusted to work.
+      request.log.error({ err }, 'websocket handler failed')
+      socket.close(CloseCode.INTERNAL, 'internal error')
     },
     preClose (done) {
       const clients = [...fastify.websocketServer.clients]

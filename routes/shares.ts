@@ -44,6 +44,9 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const ownerId = request.principal!.userId
     const { viewerId } = request.params
+    // Revoking tells every instance to end the viewer's subscriptions to the owner: for yourself
+    // that would end your own.
+    if (viewerId === ownerId) return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'params/viewerId is yourself: your own access cannot be withdrawn' })
     if (!await store.revoke(ownerId, viewerId)) {
       return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `${viewerId} has no access to share` })
     }

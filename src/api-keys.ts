@@ -9,7 +9,7 @@ function digest (value: string): Buffer {
  * every configured key is compared, so neither the length nor the position of a match leaks.
  */
 export function apiKeyChecker (keys: readonly string[]): (candidate: string | undefined) => boolean {
-  const digests = keys.filter((k) => k !== '').map(digest)
+  const digests = keys.map((k) => k.trim()).filter((k) => k !== '').map(digest)
   return (candidate) => {
     if (candidate === undefined || digests.length === 0) return false
     const d = digest(candidate)

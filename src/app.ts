@@ -6,14 +6,17 @@ import store from '../plugins/store.js'
 import hub from '../plugins/hub.js'
 import auth from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
+import metrics from '../plugins/metrics.js'
 import access from '../plugins/access.js'
 import rateLimit from '../plugins/rate-limit.js'
 import websocket from '../plugins/websocket.js'
+import apiDocs from '../plugins/api-docs.js'
 import health from '../routes/health.js'
 import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
 import shares from '../routes/shares.js'
+import metricsRoute from '../routes/metrics.js'
 import { StoreUnavailableError } from './heart/store.js'
 
 export type AppOptions = ConfigOptions
@@ -26,6 +29,7 @@ export type AppOptions = ConfigOptions
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   await fastify.register(config, opts)
   await fastify.register(lifecycle)
+  await fastify.register(metrics)
   await fastify.register(redis)
   await fastify.register(store)
   await fastify.register(hub)
@@ -33,6 +37,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(access)
   await fastify.register(rateLimit)
   await fastify.register(websocket)
+  await fastify.register(apiDocs)
 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err instanceof StoreUnavailableError) {
@@ -46,6 +51,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   })
 
   await fastify.register(health)
+  await fastify.register(metricsRoute)
   await fastify.register(authRoutes)
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)

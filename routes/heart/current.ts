@@ -26,9 +26,11 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
       messageRate: config.MESSAGE_RATE_LIMIT
     },
     canRead: fastify.canRead,
-    verifyToken: fastify.tokens.verify
+    verifyToken: fastify.tokens.verify,
+    metrics: fastify.metrics
   }
-  const allowedOrigins = new Set(config.ALLOWED_ORIGINS.filter((o) => o !== ''))
+  // The setting is split on commas only: "https://a.example, https://b.example" must work too.
+  const allowedOrigins = new Set(config.ALLOWED_ORIGINS.map((o) => o.trim()).filter((o) => o !== ''))
   /** Open sockets per user on this instance (MAX_CONNECTIONS_PER_USER counts per instance). */
   const sockets = new Map<string, number>()
 

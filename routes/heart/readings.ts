@@ -80,6 +80,9 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       body: IngestBody,
       response: { 202: Accepted, 400: ErrorBody, 401: ErrorBody, 503: ErrorBody }
     },
+    onResponse: async (_request, reply) => {
+      if (reply.statusCode !== 202) fastify.metrics.ingestRejected.labels(String(reply.statusCode)).inc()
+    },
     preValidation: async (request, reply) => {
       const key = request.headers['x-api-key']
       if (!validKey(typeof key === 'string' ? key : undefined)) {
@@ -107,6 +110,7 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       list.push({ bpm: batch[i].bpm, ts })
     }
     const ids = await fastify.heartStore.append(request.params.userId, list)
+    fastify.metrics.ingestAccepted.inc(ids.length)
     return reply.code(202).send({ accepted: ids.length, ids })
   })
 

@@ -35,6 +35,7 @@ export class Subscription {
    * and a fill after the feed resumes can meet what a replay already sent.
    */
   offer (frame: string, id: string | null): void {
+    if (!this.active) return
     if (this.held !== null) {
       this.held.push({ frame, id })
       return
@@ -77,6 +78,11 @@ export interface HubLog {
   warn (obj: object, msg: string): void
 }
 
+/** Told once per reading this instance delivers live (for the push latency histogram). */
+export interface HubObserver {
+  pushed (id: string): void
+}
+
 const FILL_RETRY_MS = 1000
 
 /**
@@ -89,7 +95,7 @@ export class Hub implements FeedListener {
   private readonly topics = new Map<string, Topic>()
   private closed = false
 
-  constructor (private readonly store: HeartStore, private readonly log: HubLog) {
+  constructor (private readonly store: HeartStore, private readonly log: HubLog, private readonly observer?: HubObserver) {
     store.feed.setListener(this)
   }
 
@@ -164,6 +170,7 @@ export class Hub implements FeedListener {
     }
     const frame = readingFrame(userId, r)
     for (const sub of topic.subs) sub.offer(frame, r.id)
+    if (r.id !== null) this.observer?.pushed(r.id)
   }
 
   revoked (ownerId: string, viewerId: string): void {
@@ -177,7 +184,23 @@ export class Hub implements FeedListener {
   }
 
   resumed (): void {
-    for (const [userId, topic] of this.topics) void this.fill(userId, topic)
+    for (const [userId, topic] of this.topics) {
+      void this.fill(userId, topic)
+      void this.recheckGrants(userId, topic)
+    }
+  }
+
+  /** A revocation published while the feed was away was missed: ask the store again for every viewer. */
+  private async recheckGrants (ownerId: string, topic: Topic): Promise<void> {
+    const viewers = new Set<string>()
+    for (const sub of topic.subs) if (sub.watcher.userId !== ownerId) viewers.add(sub.watcher.userId)
+    for (const viewerId of viewers) {
+      try {
+        if (!await this.store.isGranted(ownerId, viewerId)) this.revoked(ownerId, viewerId)
+      } catch (err) {
+        this.log.warn({ err, ownerId, viewerId }, 'could not re-check a grant after the feed resumed')
+      }
+    }
   }
 
   /**

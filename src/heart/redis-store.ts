@@ -116,13 +116,6 @@ function parseCurrent (value: string | null, meta: string | null): Current | nul
   return { bpm, ts }
 }
 
-async function guarded<T> (op: () => Promise<T>): Promise<T> {
-  try {
-    return await op()
-  } catch (err) {
-    throw new StoreUnavailableError(err)
-  }
-}
 
 export interface RedisStoreOptions {
   /** Commands; the store does not own it. */
@@ -133,6 +126,8 @@ export interface RedisStoreOptions {
   historyMax: number
   /** Push values that writers only SET on the legacy key (LEGACY_KEYSPACE_EVENTS). */
   legacyKeyspaceEvents?: boolean
+  /** Told of every failed command (metrics). */
+  onError?: (err: unknown) => void
 }
 
 /**
@@ -225,7 +220,10 @@ export class RedisStore implements HeartStore {
   private readonly prefix: string
   private readonly historyMax: number
 
+  private readonly onError: (err: unknown) => void
+
   constructor (opts: RedisStoreOptions) {
+    this.onError = opts.onError ?? (() => {})
     this.redis = opts.redis
     this.subscriber = opts.subscriber
     this.prefix = opts.prefix
@@ -233,19 +231,28 @@ export class RedisStore implements HeartStore {
     this.feed = new RedisFeed(opts.subscriber, opts.prefix, opts.legacyKeyspaceEvents === true ? (userId) => this.legacyValue(userId) : null)
   }
 
+  private async guarded<T> (op: () => Promise<T>): Promise<T> {
+    try {
+      return await op()
+    } catch (err) {
+      this.onError(err)
+      throw new StoreUnavailableError(err)
+    }
+  }
+
   async ping (): Promise<void> {
-    await guarded(() => this.redis.ping())
+    await this.guarded(() => this.redis.ping())
   }
 
   async current (userId: string): Promise<Current | null> {
     const k = userKeys(this.prefix, userId)
-    const [value, meta] = await guarded(() => this.redis.mget(k.current, k.meta))
+    const [value, meta] = await this.guarded(() => this.redis.mget(k.current, k.meta))
     return parseCurrent(value, meta)
   }
 
   async snapshot (userId: string): Promise<Snapshot> {
     const k = userKeys(this.prefix, userId)
-    const [value, meta, lastId] = await guarded(() => SNAPSHOT.run(this.redis, [k.current, k.meta, k.history], [])) as [string | null, string | null, string | null]
+    const [value, meta, lastId] = await this.guarded(() => SNAPSHOT.run(this.redis, [k.current, k.meta, k.history], [])) as [string | null, string | null, string | null]
     return { current: parseCurrent(value, meta), lastId: lastId ?? null }
   }
 
@@ -253,18 +260,18 @@ export class RedisStore implements HeartStore {
     const k = userKeys(this.prefix, userId)
     const args: Array<string | number> = [this.historyMax, 'PUBLISH', k.channel]
     for (const r of readings) args.push(r.bpm, r.ts)
-    return await guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history], args)) as string[]
+    return await this.guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history], args)) as string[]
   }
 
   async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {
     const key = userKeys(this.prefix, userId).history
     if (since === undefined) {
-      const entries = await guarded(() => this.redis.xrevrange(key, '+', '-', 'COUNT', limit)) as StreamEntry[]
+      const entries = await this.guarded(() => this.redis.xrevrange(key, '+', '-', 'COUNT', limit)) as StreamEntry[]
       return { readings: entries.reverse().map(parseEntry), truncated: false }
     }
     // Redis refuses an exclusive range that starts at the largest id; nothing can follow it anyway.
     if (since === MAX_HISTORY_ID) return { readings: [], truncated: false }
-    const [entries, truncated] = await guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], number]
+    const [entries, truncated] = await this.guarded(() => HISTORY_SINCE.run(this.redis, [key], [since, limit])) as [StreamEntry[], number]
     return { readings: entries.map(parseEntry), truncated: truncated === 1 }
   }
 
@@ -293,13 +300,13 @@ export class RedisStore implements HeartStore {
   async grant (ownerId: string, viewerId: string): Promise<void> {
     const o = userKeys(this.prefix, ownerId)
     const v = userKeys(this.prefix, viewerId)
-    await guarded(() => this.redis.multi().sadd(o.viewers, viewerId).sadd(v.watching, ownerId).exec())
+    await this.guarded(() => this.redis.multi().sadd(o.viewers, viewerId).sadd(v.watching, ownerId).exec())
   }
 
   async revoke (ownerId: string, viewerId: string): Promise<boolean> {
     const o = userKeys(this.prefix, ownerId)
     const v = userKeys(this.prefix, viewerId)
-    const results = await guarded(() => this.redis.multi()
+    const results = await this.guarded(() => this.redis.multi()
       .srem(o.viewers, viewerId)
       .srem(v.watching, ownerId)
       .publish(o.channel, JSON.stringify({ revoked: viewerId }))
@@ -308,15 +315,15 @@ export class RedisStore implements HeartStore {
   }
 
   async isGranted (ownerId: string, viewerId: string): Promise<boolean> {
-    return await guarded(() => this.redis.sismember(userKeys(this.prefix, ownerId).viewers, viewerId)) === 1
+    return await this.guarded(() => this.redis.sismember(userKeys(this.prefix, ownerId).viewers, viewerId)) === 1
   }
 
   async viewersOf (ownerId: string): Promise<string[]> {
-    return (await guarded(() => this.redis.smembers(userKeys(this.prefix, ownerId).viewers))).sort()
+    return (await this.guarded(() => this.redis.smembers(userKeys(this.prefix, ownerId).viewers))).sort()
   }
 
   async watchedBy (viewerId: string): Promise<string[]> {
-    return (await guarded(() => this.redis.smembers(userKeys(this.prefix, viewerId).watching))).sort()
+    return (await this.guarded(() => this.redis.smembers(userKeys(this.prefix, viewerId).watching))).sort()
   }
 
   async close (): Promise<void> {

@@ -3,8 +3,9 @@ import type { FastifyBaseLogger } from 'fastify'
 import { Subscription, type Hub, type Watcher } from './hub.js'
 import {
   CloseCode, FrameError, currentFrame, errorFrame, legacyReply, parseJsonFrame, pongFrame, refreshedFrame, revokedFrame,
-  subscribedFrame, unsubscribedFrame, type ParsedFrame, type ReqId
+  subscribedFrame, unsubscribedFrame, type ErrorCode, type ParsedFrame, type ReqId
 } from './protocol.js'
+import type { FrameOutType, Metrics } from '../metrics.js'
 import { isUserId } from './reading.js'
 import { StoreUnavailableError, type HeartStore } from './store.js'
 
@@ -26,6 +27,7 @@ export interface SessionDeps {
   canRead (viewerId: string, ownerId: string): Promise<boolean>
   /** Verifies a token sent in a `refresh` frame; throws with a message safe to show. */
   verifyToken (token: string): { userId: string, exp: number }
+  metrics: Metrics
 }
 
 const OPEN = 1
@@ -95,7 +97,7 @@ export class HeartSession implements Watcher {
       this.log.warn({ userId: this.userId }, 'closing a socket that keeps sending over MESSAGE_RATE_LIMIT')
       this.ws.close(CloseCode.POLICY, 'message rate limit exceeded')
     } else {
-      this.send(errorFrame('rate_limited', `at most ${rate} frames per second`))
+      this.error('rate_limited', `at most ${rate} frames per second`)
     }
     return false
   }
@@ -107,11 +109,13 @@ export class HeartSession implements Watcher {
   onMessage (data: Buffer, isBinary: boolean): void {
     if (!this.allowFrame()) return
     if (isBinary) {
-      this.send(errorFrame('bad_request', 'binary frames are not accepted: send text'))
+      this.deps.metrics.frameIn('invalid')
+      this.error('bad_request', 'binary frames are not accepted: send text')
       return
     }
     const text = data.toString()
     if (text.trimStart().charCodeAt(0) !== LEFT_BRACE) {
+      this.deps.metrics.frameIn('legacy')
       void this.run(undefined, () => this.legacyGet(text))
       return
     }
@@ -119,9 +123,11 @@ export class HeartSession implements Watcher {
     try {
       frame = parseJsonFrame(text)
     } catch (err) {
+      this.deps.metrics.frameIn('invalid')
       this.fail(err, undefined)
       return
     }
+    this.deps.metrics.frameIn(frame.type)
     void this.run(frame.reqId, () => this.dispatch(frame))
   }
 
@@ -135,9 +141,9 @@ export class HeartSession implements Watcher {
   }
 
   revoked (ownerId: string): void {
-    const sub = this.subs.get(ownerId)
-    if (sub !== undefined) this.subs.delete(ownerId)
-    this.send(revokedFrame(ownerId))
+    this.subs.delete(ownerId)
+    this.conflated?.delete(ownerId)
+    this.reply(revokedFrame(ownerId))
   }
 
   private async run (reqId: ReqId | undefined, work: () => Promise<void>): Promise<void> {
@@ -150,13 +156,13 @@ export class HeartSession implements Watcher {
 
   private fail (err: unknown, reqId: ReqId | undefined): void {
     if (err instanceof FrameError) {
-      this.send(errorFrame(err.code, err.message, err.reqId ?? reqId))
+      this.error(err.code, err.message, err.reqId ?? reqId)
     } else if (err instanceof StoreUnavailableError) {
       this.log.warn({ err: err.cause }, 'heart store unavailable')
-      this.send(errorFrame('unavailable', 'heart-rate store is unavailable, try again shortly', reqId))
+      this.error('unavailable', 'heart-rate store is unavailable, try again shortly', reqId)
     } else {
       this.log.error({ err }, 'frame handling failed')
-      this.send(errorFrame('internal', 'internal error', reqId))
+      this.error('internal', 'internal error', reqId)
     }
   }
 
@@ -169,19 +175,19 @@ export class HeartSession implements Watcher {
   private async legacyGet (text: string): Promise<void> {
     if (!isUserId(text)) throw new FrameError('bad_request', 'a text frame must be a user id (1-64 characters of A-Z a-z 0-9 _ -) or a JSON object')
     await this.authorize(text)
-    this.send(legacyReply(await this.deps.store.current(text)))
+    this.reply(legacyReply(await this.deps.store.current(text)))
   }
 
   private async dispatch (frame: ParsedFrame): Promise<void> {
     const { reqId } = frame
     switch (frame.type) {
       case 'ping':
-        this.send(pongFrame(reqId))
+        this.reply(pongFrame(reqId))
         return
       case 'get': {
         const userId = frame.userId as string
         await this.authorize(userId, reqId)
-        this.send(currentFrame(userId, await this.deps.store.current(userId), reqId))
+        this.reply(currentFrame(userId, await this.deps.store.current(userId), reqId))
         return
       }
       case 'subscribe':
@@ -196,7 +202,7 @@ export class HeartSession implements Watcher {
         }
         if (principal.userId !== this.userId) throw new FrameError('unauthorized', 'refresh refused: the token is for another user', reqId)
         this.setExpiry(principal.exp)
-        this.send(refreshedFrame(principal.exp, reqId))
+        this.reply(refreshedFrame(principal.exp, reqId))
         return
       }
       case 'unsubscribe': {
@@ -204,9 +210,10 @@ export class HeartSession implements Watcher {
         const sub = this.subs.get(userId)
         if (sub !== undefined) {
           this.subs.delete(userId)
+          this.conflated?.delete(userId)
           this.deps.hub.unsubscribe(sub)
         }
-        this.send(unsubscribedFrame(userId, reqId))
+        this.reply(unsubscribedFrame(userId, reqId))
       }
     }
   }
@@ -215,7 +222,7 @@ export class HeartSession implements Watcher {
     await this.authorize(userId, reqId)
     if (this.closed) return
     if (this.subs.has(userId)) {
-      this.send(subscribedFrame(userId, await this.deps.store.current(userId), false, reqId))
+      this.reply(subscribedFrame(userId, await this.deps.store.current(userId), false, reqId))
       return
     }
     if (this.subs.size >= this.deps.limits.maxSubscriptions) {
@@ -224,7 +231,7 @@ export class HeartSession implements Watcher {
     const sub = new Subscription(this, userId)
     this.subs.set(userId, sub)
     try {
-      await this.deps.hub.subscribe(sub, since, (r) => this.send(subscribedFrame(userId, r.current, r.truncated, reqId)))
+      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r.current, r.truncated, reqId)))
     } catch (err) {
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
       throw err
@@ -237,11 +244,26 @@ export class HeartSession implements Watcher {
     }
   }
 
-  /** Sends a frame that must not be dropped; closes the socket with 1013 past the hard buffer limit. */
+  /** A replayed reading (from the hub): never dropped. */
   send (frame: string): void {
+    this.write(frame, 'reading')
+  }
+
+  private reply (frame: string): void {
+    this.write(frame, 'reply')
+  }
+
+  private error (code: ErrorCode, message: string, reqId?: ReqId): void {
+    this.deps.metrics.error(code)
+    this.write(errorFrame(code, message, reqId), 'error')
+  }
+
+  /** Writes a frame that must not be dropped; closes the socket with 1013 past the hard buffer limit. */
+  private write (frame: string, kind: FrameOutType): void {
     const ws = this.ws
     if (ws.readyState !== OPEN) return
     ws.send(frame)
+    this.deps.metrics.frameOut(kind)
     if (ws.bufferedAmount > this.deps.limits.maxBufferedBytes) {
       this.log.warn({ userId: this.userId, buffered: ws.bufferedAmount }, 'closing a socket that does not read what it is sent')
       ws.close(CloseCode.TRY_AGAIN_LATER, 'too slow: reconnect with since')
@@ -259,7 +281,7 @@ export class HeartSession implements Watcher {
       this.drainTimer = setInterval(() => this.flushConflated(), DRAIN_POLL_MS)
       return
     }
-    this.send(frame)
+    this.write(frame, 'reading')
   }
 
   private flushConflated (): void {
@@ -268,6 +290,6 @@ export class HeartSession implements Watcher {
     this.conflated = null
     if (this.drainTimer !== null) clearInterval(this.drainTimer)
     this.drainTimer = null
-    for (const frame of pending.values()) this.send(frame)
+    for (const frame of pending.values()) this.write(frame, 'reading')
   }
 }

@@ -1,0 +1,272 @@
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { createSigner } from 'fast-jwt'
+import { WebSocket } from 'ws'
+import { Frames, TEST_SECRET, bearer, build, buildWithRedis, eventually, sleep, token, uniquePrefix } from './helper.js'
+
+/*
+ * What limits a socket on /heart/current: its token's lifetime (close 4001, `refresh`), sockets
+ * per user (429), allowed origins (403), frames per second (rate_limited, then 1008) and upgrades
+ * per client (429). None of these involve the store, so they run on the embedded one, except the
+ * test showing that the per-user socket count is per instance.
+ */
+
+const PATH = '/heart/current'
+const OPEN = 1
+
+/** Opens a socket with a given token and extra headers; terminated when the test ends. */
+async function connect (t: Test, app: FastifyInstance, jwt: string, headers: Record<string, string> = {}): Promise<Frames> {
+  const frames = new Frames(await app.injectWS(PATH, { headers: { authorization: `Bearer ${jwt}`, ...headers } }))
+  t.teardown(() => frames.ws.terminate())
+  return frames
+}
+
+/** The `exp` claim of a token (seconds since the epoch). */
+function expOf (jwt: string): number {
+  return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString()).exp
+}
+
+/** Resolves with the close code and when it came, or rejects when the socket is still open after `ms`. */
+async function closedWithin (frames: Frames, ms: number): Promise<{ code: number, at: number }> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`socket still open after ${ms} ms`)), ms)
+  })
+  try {
+    const code = await Promise.race([frames.closed, timeout])
+    return { code, at: Date.now() }
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+const nowS = (): number => Math.floor(Date.now() / 1000)
+
+t.test('token lifetime on an open socket', async (t) => {
+  t.test('a socket is closed with 4001 "token expired" when its token reaches exp', async (t) => {
+    const app = await build(t)
+    const jwt = token('u1', { ttlS: 2 })
+    const frames = await connect(t, app, jwt)
+    let reason = ''
+    frames.ws.once('close', (_code, why) => { reason = String(why) })
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'open and answering before exp')
+    const expMs = expOf(jwt) * 1000
+    const { code, at } = await closedWithin(frames, expMs - Date.now() + 1500)
+    t.equal(code, 4001)
+    t.equal(reason, 'token expired')
+    t.ok(at >= expMs - 50, `not before exp (closed ${at - expMs} ms from exp)`)
+    t.ok(at <= expMs + 1000, `soon after exp (closed ${at - expMs} ms from exp)`)
+  })
+
+  t.test('refresh with a new token for the same user answers refreshed with its exp and the socket outlives the old expiry', async (t) => {
+    const app = await build(t)
+    const old = token('u1', { ttlS: 2 })
+    const frames = await connect(t, app, old)
+    const fresh = token('u1', { ttlS: 60 })
+    t.same(await frames.ask({ type: 'refresh', token: fresh, reqId: 'r1' }), { type: 'refreshed', exp: expOf(fresh), reqId: 'r1' })
+    await sleep(expOf(old) * 1000 - Date.now() + 500)
+    t.equal(frames.closeCode, null, 'still open half a second past the old exp')
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'and answering')
+  })
+
+  t.test('refresh with a token for another user answers unauthorized and the old expiry still closes the socket with 4001', async (t) => {
+    const app = await build(t)
+    const old = token('u1', { ttlS: 2 })
+    const frames = await connect(t, app, old)
+    t.match(await frames.ask({ type: 'refresh', token: token('u2', { ttlS: 60 }), reqId: 'r1' }),
+      { type: 'error', code: 'unauthorized', message: /another user/, reqId: 'r1' })
+    const { code, at } = await closedWithin(frames, expOf(old) * 1000 - Date.now() + 1500)
+    t.equal(code, 4001)
+    t.ok(at <= expOf(old) * 1000 + 1000, 'at the old expiry')
+  })
+
+  t.test('refresh with a token signed with another secret answers unauthorized and the old expiry stands', async (t) => {
+    const app = await build(t)
+    const old = token('u1', { ttlS: 2 })
+    const frames = await connect(t, app, old)
+    const forged = token('u1', { ttlS: 60, secret: 'another-secret-of-at-least-32-characters!' })
+    t.match(await frames.ask({ type: 'refresh', token: forged }), { type: 'error', code: 'unauthorized', message: /invalid token/ })
+    t.equal((await closedWithin(frames, expOf(old) * 1000 - Date.now() + 1500)).code, 4001)
+  })
+
+  t.test('refresh with an expired token answers unauthorized', async (t) => {
+    const app = await build(t)
+    const frames = await connect(t, app, token('u1'))
+    const expired = createSigner({ key: TEST_SECRET, algorithm: 'HS256' })({ sub: 'u1', iat: nowS() - 120, exp: nowS() - 60 })
+    t.match(await frames.ask({ type: 'refresh', token: expired }), { type: 'error', code: 'unauthorized', message: /expired/ })
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'the socket stays open on its own token')
+  })
+
+  t.test('refresh without a token, or with a token that is not a string, answers bad_request', async (t) => {
+    const app = await build(t)
+    const frames = await connect(t, app, token('u1'))
+    for (const frame of [{ type: 'refresh' }, { type: 'refresh', token: 123 }, { type: 'refresh', token: '' }, { type: 'refresh', token: { jwt: 'x' } }]) {
+      t.match(await frames.ask({ ...frame, reqId: 'b' }), { type: 'error', code: 'bad_request', message: /token/, reqId: 'b' }, JSON.stringify(frame))
+    }
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'the socket stays open')
+  })
+
+  t.test('a socket opened with an already expired token is refused at the upgrade with 401', async (t) => {
+    const app = await build(t)
+    const expired = createSigner({ key: TEST_SECRET, algorithm: 'HS256' })({ sub: 'u1', iat: nowS() - 120, exp: nowS() - 1 })
+    await t.rejects(app.injectWS(PATH, { headers: { authorization: `Bearer ${expired}` } }), { message: 'Unexpected server response: 401' })
+  })
+})
+
+t.test('MAX_CONNECTIONS_PER_USER counts open sockets per user on this instance', async (t) => {
+  t.test('the third socket of a user gets 429 before the upgrade; another user still connects; a closed socket frees its place', async (t) => {
+    const app = await build(t, { MAX_CONNECTIONS_PER_USER: '2' })
+    const first = await connect(t, app, token('u1'))
+    await connect(t, app, token('u1'))
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
+    const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })
+    t.equal(res.statusCode, 429)
+    t.same(res.json(), { statusCode: 429, error: 'Too Many Requests', message: 'at most 2 open sockets per user' })
+
+    const other = await connect(t, app, token('u2'))
+    t.match(await other.ask({ type: 'ping' }), { type: 'pong' }, 'u2 has its own count')
+
+    first.ws.terminate()
+    t.ok(await eventually(() => app.websocketServer.clients.size === 2, 2000), 'the server saw the close')
+    const again = await connect(t, app, token('u1'))
+    t.match(await again.ask({ type: 'ping' }), { type: 'pong' }, 'a new socket for u1 is accepted')
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' }, 'and the limit holds again')
+  })
+
+  // Over real TCP: injectWS's in-memory stream never tells the server that a cleanly closed socket has gone.
+  t.test('a socket the client closes with a close handshake frees its place too', async (t) => {
+    const app = await build(t, { MAX_CONNECTIONS_PER_USER: '1' })
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    const url = `ws://127.0.0.1:${(app.server.address() as AddressInfo).port}${PATH}`
+    const dial = async (): Promise<Frames> => {
+      const ws = new WebSocket(url, { headers: bearer('u1') })
+      t.teardown(() => ws.terminate())
+      await once(ws, 'open')
+      return new Frames(ws)
+    }
+    const first = await dial()
+    await t.rejects(dial(), { message: 'Unexpected server response: 429' }, 'the one place is taken')
+    first.ws.close(1000)
+    t.equal((await closedWithin(first, 2000)).code, 1000)
+    t.ok(await eventually(() => app.websocketServer.clients.size === 0, 2000), 'the server saw the close')
+    const again = await dial()
+    t.match(await again.ask({ type: 'ping' }), { type: 'pong' }, 'a new socket is accepted')
+  })
+
+  t.test('the count is per instance, not across instances: with the limit reached on instance A, instance B accepts the user', async (t) => {
+    const prefix = uniquePrefix()
+    const a = await buildWithRedis(t, { MAX_CONNECTIONS_PER_USER: '2', HEART_KEY_PREFIX: prefix })
+    const b = await buildWithRedis(t, { MAX_CONNECTIONS_PER_USER: '2', HEART_KEY_PREFIX: prefix })
+    await connect(t, a, token('u1'))
+    await connect(t, a, token('u1'))
+    await t.rejects(a.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' }, 'A is full for u1')
+    const onB = await connect(t, b, token('u1'))
+    t.match(await onB.ask({ type: 'ping' }), { type: 'pong' }, 'B counts its own sockets only')
+  })
+})
+
+t.test('ALLOWED_ORIGINS', async (t) => {
+  const ORIGINS = 'https://a.example,https://b.example'
+
+  t.test('an upgrade with an Origin not in the list gets 403 before the token is even looked at', async (t) => {
+    const app = await build(t, { ALLOWED_ORIGINS: ORIGINS })
+    await t.rejects(app.injectWS(PATH, { headers: { ...bearer('u1'), origin: 'https://evil.example' } }), { message: 'Unexpected server response: 403' })
+    const res = await app.inject({ method: 'GET', url: PATH, headers: { origin: 'https://evil.example' } })
+    t.equal(res.statusCode, 403, 'without a token too')
+    t.same(res.json(), { statusCode: 403, error: 'Forbidden', message: 'origin not allowed' })
+    await t.rejects(app.injectWS(PATH, { headers: { ...bearer('u1'), origin: 'https://a.example.evil.example' } }),
+      { message: 'Unexpected server response: 403' }, 'origins are matched exactly, not by prefix')
+  })
+
+  t.test('an upgrade with an Origin in the list is accepted', async (t) => {
+    const app = await build(t, { ALLOWED_ORIGINS: ORIGINS })
+    for (const origin of ['https://a.example', 'https://b.example']) {
+      const frames = await connect(t, app, token('u1'), { origin })
+      t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, origin)
+    }
+  })
+
+  t.test('an upgrade without Origin (mini programs, devices) is accepted', async (t) => {
+    const app = await build(t, { ALLOWED_ORIGINS: ORIGINS })
+    const frames = await connect(t, app, token('u1'))
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' })
+  })
+
+  t.test('spaces after the commas in the list are ignored', async (t) => {
+    const app = await build(t, { ALLOWED_ORIGINS: 'https://a.example, https://b.example' })
+    const frames = await connect(t, app, token('u1'), { origin: 'https://b.example' })
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' })
+  })
+
+  t.test('without ALLOWED_ORIGINS any Origin is accepted', async (t) => {
+    const app = await build(t)
+    const frames = await connect(t, app, token('u1'), { origin: 'https://evil.example' })
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' })
+  })
+})
+
+t.test('MESSAGE_RATE_LIMIT', async (t) => {
+  t.test('a burst over the limit gets rate_limited error frames, the socket stays open, and after a quiet second it is answered again', async (t) => {
+    const app = await build(t, { MESSAGE_RATE_LIMIT: '5' })
+    const frames = await connect(t, app, token('u1'))
+    const neighbour = await connect(t, app, token('u1'))
+    for (let i = 0; i < 20; i++) frames.ws.send(JSON.stringify({ type: 'ping' }))
+    const answers = []
+    for (let i = 0; i < 20; i++) answers.push(await frames.json(2000))
+    const pongs = answers.filter((f) => f.type === 'pong').length
+    const limited = answers.filter((f) => f.type === 'error' && f.code === 'rate_limited')
+    t.equal(pongs + limited.length, 20, 'every frame is answered, by a pong or by rate_limited')
+    t.ok(pongs >= 5 && pongs <= 6, `about 5 pongs (${pongs})`)
+    t.ok(limited.length >= 10, `the rest rate_limited (${limited.length})`)
+    t.match(limited[0], { message: /5 frames per second/ })
+    t.equal(frames.ws.readyState, OPEN, 'still open')
+    t.match(await neighbour.ask({ type: 'ping' }), { type: 'pong' }, 'the limit is per socket: another socket of the same user is answered')
+    await sleep(1000)
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'answered again after a quiet second')
+  })
+
+  t.test('a flood sustained for 5 s closes the socket with 1008', async (t) => {
+    const app = await build(t, { MESSAGE_RATE_LIMIT: '5' })
+    const frames = await connect(t, app, token('u1'))
+    let reason = ''
+    frames.ws.once('close', (_code, why) => { reason = String(why) })
+    const started = Date.now()
+    // 50 frames a second, ten times the limit.
+    const flood = setInterval(() => {
+      if (frames.ws.readyState === OPEN) frames.ws.send('{"type":"ping"}')
+    }, 20)
+    t.teardown(() => clearInterval(flood))
+    const { code, at } = await closedWithin(frames, 8000)
+    clearInterval(flood)
+    t.equal(code, 1008)
+    t.match(reason, /rate limit/)
+    t.ok(at - started >= 4900, `not before 5 s of flood (${at - started} ms)`)
+    t.ok(at - started <= 7000, `soon after (${at - started} ms)`)
+  })
+})
+
+t.test('UPGRADE_RATE_LIMIT', async (t) => {
+  // injectWS requests have no socket address, so every injected upgrade counts as one client ('unknown').
+  t.test('the 4th upgrade within a minute from the same client gets 429 before the upgrade; /health is not limited', async (t) => {
+    const app = await build(t, { UPGRADE_RATE_LIMIT: '3' })
+    for (let i = 0; i < 3; i++) await connect(t, app, token('u1'))
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
+    // app.inject requests come from 127.0.0.1, another client than injectWS's: its own 3, then the body of the 4th.
+    for (let i = 0; i < 3; i++) t.not((await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })).statusCode, 429)
+    const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })
+    t.equal(res.statusCode, 429)
+    t.match(res.json(), { statusCode: 429, error: 'Too Many Requests', message: /at most 3/ })
+    t.ok(Number(res.headers['retry-after']) > 0, 'says when to retry')
+    for (let i = 0; i < 10; i++) t.equal((await app.inject({ url: '/health' })).statusCode, 200, `/health ${i + 1}`)
+  })
+
+  t.test('refused upgrades count too: after 3 attempts without a token, a 4th with one still gets 429', async (t) => {
+    const app = await build(t, { UPGRADE_RATE_LIMIT: '3' })
+    for (let i = 0; i < 3; i++) {
+      await t.rejects(app.injectWS(PATH), { message: 'Unexpected server response: 401' })
+    }
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
+  })
+})
