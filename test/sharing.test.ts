@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Env } from '../plugins/config.js'
-import { bearer, build, buildWithRedis, eventually, openSocket, uniquePrefix, type Frames } from './helper.js'
+import { bearer, build, buildWithRedis, eventually, openSocket, sharedRedis, uniquePrefix, type Frames } from './helper.js'
 
 /*
  * Sharing (issue 4, item 3): an owner grants a viewer with PUT /shares/:viewerId; every read path
@@ -266,4 +266,19 @@ t.test('[redis] withdrawn grants are seen by every instance: a viewer subscribed
   t.same(readingUsers(await bob.quiet(300)), [], 'no reading of alice reaches B\'s socket')
   t.match(await bob.ask({ type: 'get', userId: 'alice' }), { type: 'error', code: 'forbidden' }, 'forbidden on B afterwards')
   t.equal((await get(b, '/heart/alice/readings', 'bob')).statusCode, 403, 'history through B too')
+})
+
+t.test('redis: a grant withdrawn while the feed connection was away is caught when it resumes', async (t) => {
+  const prefix = uniquePrefix()
+  const app = await buildWithRedis(t, { HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY })
+  await grant(app, 'alice', 'bob')
+  const bob = await open(t, app, 'bob')
+  await subscribe(bob, 'alice')
+  const raw = (await sharedRedis()).client()
+  t.teardown(() => raw.disconnect())
+  // The grant disappears without its announcement, as when the PUBLISH found the feed disconnected.
+  await raw.srem(`{${prefix}alice}:viewers`, 'bob')
+  await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  t.match(await bob.until((f) => f.type === 'revoked', 3000), { type: 'revoked', userId: 'alice' })
+  t.ok(await eventually(() => app.hub.subscriptionCount === 0, 2000), 'the subscription is gone')
 })
