@@ -14,6 +14,11 @@ export const configSchema = {
     LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
     NODE_ENV: { type: 'string', enum: ['development', 'production', 'test'], default: 'development' },
     REDIS_URL: { type: 'string', pattern: '^rediss?://' },
+    // Redis Cluster or Sentinel instead of REDIS_URL: comma lists of host:port.
+    REDIS_CLUSTER_NODES: { type: 'string', pattern: '^[^,:\\s]+:[0-9]{1,5}(,[^,:\\s]+:[0-9]{1,5})*$' },
+    REDIS_SENTINELS: { type: 'string', pattern: '^[^,:\\s]+:[0-9]{1,5}(,[^,:\\s]+:[0-9]{1,5})*$' },
+    REDIS_SENTINEL_NAME: { type: 'string', minLength: 1 },
+    REDIS_PASSWORD: { type: 'string', minLength: 1 },
     JWT_SECRET: { type: 'string', minLength: 1 },
     HEART_KEY_PREFIX: { type: 'string', pattern: '^[^{}\\s]*$', maxLength: 64, default: 'heart:' },
     MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 64, maximum: 1048576, default: 4096 },
@@ -54,6 +59,11 @@ export interface Config {
   LOG_LEVEL: string
   NODE_ENV: 'development' | 'production' | 'test'
   REDIS_URL?: string
+  REDIS_CLUSTER_NODES?: string
+  REDIS_SENTINELS?: string
+  REDIS_SENTINEL_NAME?: string
+  /** For REDIS_CLUSTER_NODES and REDIS_SENTINELS (REDIS_URL carries its own). */
+  REDIS_PASSWORD?: string
   /** Unset only in public-key mode (JWT_PUBLIC_KEY). */
   JWT_SECRET: string
   HEART_KEY_PREFIX: string
@@ -123,10 +133,20 @@ function checkTrustProxy (value: string): void {
   throw new Error('env/TRUST_PROXY must be true, false, or a comma list of proxy addresses, CIDR ranges, loopback, linklocal or uniquelocal (hop counts are not accepted)')
 }
 
+/** One way to reach Redis at most, and a Sentinel deployment needs its master's name. */
+function checkRedisChoice (cfg: Config): void {
+  const chosen = (['REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_SENTINELS'] as const).filter((k) => cfg[k] !== undefined)
+  if (chosen.length > 1) throw new Error(`env/${chosen[1]} cannot be combined with ${chosen[0]}: set one way to reach Redis`)
+  if (cfg.REDIS_SENTINELS !== undefined && cfg.REDIS_SENTINEL_NAME === undefined) {
+    throw new Error('env/REDIS_SENTINEL_NAME must name the master group when REDIS_SENTINELS is set')
+  }
+}
+
 /** Validates settings as the plugin does, for server.ts, which needs some before Fastify exists. */
 export function loadConfig (env: Env): Config {
   const config = envSchema({ schema: structuredClone(configSchema), data: env, env: false }) as unknown as Config
   checkTrustProxy(config.TRUST_PROXY)
+  checkRedisChoice(config)
   return config
 }
 
@@ -144,6 +164,7 @@ export default fp(async function config (fastify, opts: ConfigOptions) {
   await fastify.register(fastifyEnv, { schema: structuredClone(configSchema), data: opts.env ?? process.env, env: false })
   const cfg = fastify.config
   checkTrustProxy(cfg.TRUST_PROXY)
+  checkRedisChoice(cfg)
   if (cfg.JWT_PUBLIC_KEY !== undefined) {
     // Tokens come from another service and are only verified here; JWT_SECRET plays no part.
   } else if (cfg.NODE_ENV === 'production') {

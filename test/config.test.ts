@@ -14,6 +14,10 @@ const DEFAULTS: Record<string, unknown> = {
   LOG_LEVEL: 'info',
   NODE_ENV: 'development',
   REDIS_URL: undefined,
+  REDIS_CLUSTER_NODES: undefined,
+  REDIS_SENTINELS: undefined,
+  REDIS_SENTINEL_NAME: undefined,
+  REDIS_PASSWORD: undefined,
   JWT_SECRET: undefined,
   HEART_KEY_PREFIX: 'heart:',
   MAX_PAYLOAD_BYTES: 4096,
@@ -218,4 +222,10 @@ t.test('a JWT_SECRET that is set is used as is, with no file and no warning', as
   t.equal(app.config.JWT_SECRET, TEST_SECRET)
   t.notOk(existsSync(file))
   t.notOk(logs.some((l) => /JWT_SECRET/.test(l)))
+})
+
+t.test('one way to reach Redis at most, and Sentinel needs the master name', async (t) => {
+  await t.rejects(build(t, { REDIS_URL: 'redis://127.0.0.1:1', REDIS_CLUSTER_NODES: '127.0.0.1:7000' }), /REDIS_CLUSTER_NODES cannot be combined with REDIS_URL/)
+  await t.rejects(build(t, { REDIS_SENTINELS: '127.0.0.1:26379' }), /REDIS_SENTINEL_NAME/)
+  await t.rejects(build(t, { REDIS_CLUSTER_NODES: '127.0.0.1' }), /REDIS_CLUSTER_NODES/)
 })

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { userIdOfChannel, userKeys } from './redis-keys.js'
 import {
@@ -14,7 +14,7 @@ class LuaScript {
     this.sha = createHash('sha1').update(source).digest('hex')
   }
 
-  async run (redis: Redis, keys: string[], args: Array<string | number>): Promise<unknown> {
+  async run (redis: Redis | Cluster, keys: string[], args: Array<string | number>): Promise<unknown> {
     try {
       return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
     } catch (err) {
@@ -118,10 +118,16 @@ function parseCurrent (value: string | null, meta: string | null): Current | nul
 
 
 export interface RedisStoreOptions {
-  /** Commands; the store does not own it. */
-  redis: Redis
-  /** A connection of its own for pub/sub, owned and closed by the store. */
-  subscriber: Redis
+  /** Commands; the store does not own it. A Cluster client for Redis Cluster. */
+  redis: Redis | Cluster
+  /**
+   * Pub/sub. A standalone or Sentinel deployment gives a connection of its own, owned and closed
+   * by the store; on a cluster it is the Cluster client itself (sharded pub/sub, one subscriber
+   * connection per shard inside ioredis), which the store does not close.
+   */
+  subscriber: Redis | Cluster
+  /** Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH), and no multi-key transactions across users. */
+  cluster?: boolean
   prefix: string
   historyMax: number
   /** Push values that writers only SET on the legacy key (LEGACY_KEYSPACE_EVENTS). */
@@ -131,8 +137,9 @@ export interface RedisStoreOptions {
 }
 
 /**
- * One Redis subscription per watched user on a dedicated connection. It resubscribes by itself
- * when the connection comes back, then tells the hub, which fills what was missed from history.
+ * One Redis subscription per watched user on this instance. When the subscription connection
+ * comes back (standalone: its 'ready'; cluster: the shard subscribers' 'subscribersReady'), every
+ * watched user is subscribed again and the hub is told, which fills what was missed from history.
  */
 class RedisFeed implements ReadingFeed {
   private listener: FeedListener | null = null
@@ -141,18 +148,30 @@ class RedisFeed implements ReadingFeed {
   private readonly keyspacePrefix: string | null
 
   constructor (
-    private readonly sub: Redis,
+    private readonly sub: Redis | Cluster,
+    private readonly sharded: boolean,
     private readonly prefix: string,
-    /** Reads a value a legacy writer SET, when keyspace events are on. */
+    /** Reads a value a legacy writer SET, when keyspace events are on (standalone only). */
     private readonly legacyRead: ((userId: string) => Promise<LiveReading | null>) | null
   ) {
-    this.keyspacePrefix = legacyRead === null ? null : `__keyspace@${sub.options.db ?? 0}__:${prefix}`
-    sub.on('message', (channel: string, message: string) => this.onMessage(channel, message))
-    sub.on('ready', () => { void this.onReady() })
+    this.keyspacePrefix = legacyRead === null ? null : `__keyspace@${(sub as Redis).options.db ?? 0}__:${prefix}`
+    const onMessage = (channel: string, message: string): void => this.onMessage(channel, message)
+    if (sharded) {
+      sub.on('smessage', onMessage)
+      sub.on('subscribersReady', () => { void this.onReady() })
+    } else {
+      sub.on('message', onMessage)
+      sub.on('ready', () => { void this.onReady() })
+    }
   }
 
   setListener (listener: FeedListener): void {
     this.listener = listener
+  }
+
+  private async subscribe (channels: string[]): Promise<void> {
+    if (this.sharded) await (this.sub as Cluster).ssubscribe(...channels)
+    else await this.sub.subscribe(...channels)
   }
 
   async watch (userId: string): Promise<void> {
@@ -160,20 +179,24 @@ class RedisFeed implements ReadingFeed {
     if (this.keyspacePrefix !== null) channels.push(this.keyspacePrefix + userId)
     this.channels.set(userId, channels)
     // While disconnected the subscription is only remembered; onReady makes it and the hub fills the gap.
-    if (this.sub.status === 'ready') await this.sub.subscribe(...channels).catch(() => {})
+    if (this.sub.status === 'ready') await this.subscribe(channels).catch(() => {})
   }
 
   async unwatch (userId: string): Promise<void> {
     const channels = this.channels.get(userId)
     if (channels === undefined) return
     this.channels.delete(userId)
-    if (this.sub.status === 'ready') await this.sub.unsubscribe(...channels).catch(() => {})
+    if (this.sub.status !== 'ready') return
+    if (this.sharded) await (this.sub as Cluster).sunsubscribe(...channels).catch(() => {})
+    else await this.sub.unsubscribe(...channels).catch(() => {})
   }
 
   private async onReady (): Promise<void> {
     if (this.channels.size === 0) return
     try {
-      await this.sub.subscribe(...[...this.channels.values()].flat())
+      // Sharded channels must be subscribed one slot (one user) at a time.
+      if (this.sharded) await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c)))
+      else await this.subscribe([...this.channels.values()].flat())
     } catch {
       return // the connection dropped again; the next 'ready' retries
     }
@@ -215,8 +238,9 @@ class RedisFeed implements ReadingFeed {
 export class RedisStore implements HeartStore {
   readonly kind = 'redis'
   readonly feed: RedisFeed
-  private readonly redis: Redis
-  private readonly subscriber: Redis
+  private readonly redis: Redis | Cluster
+  private readonly subscriber: Redis | Cluster
+  private readonly cluster: boolean
   private readonly prefix: string
   private readonly historyMax: number
 
@@ -226,9 +250,10 @@ export class RedisStore implements HeartStore {
     this.onError = opts.onError ?? (() => {})
     this.redis = opts.redis
     this.subscriber = opts.subscriber
+    this.cluster = opts.cluster === true
     this.prefix = opts.prefix
     this.historyMax = opts.historyMax
-    this.feed = new RedisFeed(opts.subscriber, opts.prefix, opts.legacyKeyspaceEvents === true ? (userId) => this.legacyValue(userId) : null)
+    this.feed = new RedisFeed(opts.subscriber, this.cluster, opts.prefix, opts.legacyKeyspaceEvents === true && !this.cluster ? (userId) => this.legacyValue(userId) : null)
   }
 
   private async guarded<T> (op: () => Promise<T>): Promise<T> {
@@ -258,7 +283,7 @@ export class RedisStore implements HeartStore {
 
   async append (userId: string, readings: NewReading[]): Promise<string[]> {
     const k = userKeys(this.prefix, userId)
-    const args: Array<string | number> = [this.historyMax, 'PUBLISH', k.channel]
+    const args: Array<string | number> = [this.historyMax, this.cluster ? 'SPUBLISH' : 'PUBLISH', k.channel]
     for (const r of readings) args.push(r.bpm, r.ts)
     return await this.guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history], args)) as string[]
   }
@@ -297,19 +322,37 @@ export class RedisStore implements HeartStore {
     return { id: null, bpm: current.bpm, ts: Date.now() }
   }
 
+  /*
+   * A grant touches two users' keys, which a cluster keeps in different slots: there the two
+   * writes are made one after the other (a failure between them leaves a one-sided grant, which
+   * reads treat as no grant: isGranted reads the owner's side only).
+   */
   async grant (ownerId: string, viewerId: string): Promise<void> {
     const o = userKeys(this.prefix, ownerId)
     const v = userKeys(this.prefix, viewerId)
+    if (this.cluster) {
+      await this.guarded(async () => { await this.redis.sadd(v.watching, ownerId); await this.redis.sadd(o.viewers, viewerId) })
+      return
+    }
     await this.guarded(() => this.redis.multi().sadd(o.viewers, viewerId).sadd(v.watching, ownerId).exec())
   }
 
   async revoke (ownerId: string, viewerId: string): Promise<boolean> {
     const o = userKeys(this.prefix, ownerId)
     const v = userKeys(this.prefix, viewerId)
+    const announce = JSON.stringify({ revoked: viewerId })
+    if (this.cluster) {
+      return await this.guarded(async () => {
+        const removed = await this.redis.srem(o.viewers, viewerId)
+        await this.redis.srem(v.watching, ownerId)
+        await (this.redis as Cluster).spublish(o.channel, announce)
+        return removed === 1
+      })
+    }
     const results = await this.guarded(() => this.redis.multi()
       .srem(o.viewers, viewerId)
       .srem(v.watching, ownerId)
-      .publish(o.channel, JSON.stringify({ revoked: viewerId }))
+      .publish(o.channel, announce)
       .exec())
     return results?.[0]?.[1] === 1
   }
@@ -327,6 +370,6 @@ export class RedisStore implements HeartStore {
   }
 
   async close (): Promise<void> {
-    this.subscriber.disconnect()
+    if (this.subscriber !== this.redis) this.subscriber.disconnect()
   }
 }

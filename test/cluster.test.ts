@@ -1,0 +1,122 @@
+import t from 'tap'
+import { Cluster } from 'ioredis'
+import { build, eventually, openSocket, token, uniquePrefix } from './helper.js'
+import { RedisCluster } from './redis-cluster.js'
+
+const KEY = 'cluster-key'
+
+const cluster = await RedisCluster.start()
+t.teardown(() => cluster.stop())
+
+async function ingest (app: Awaited<ReturnType<typeof build>>, userId: string, body: object): Promise<string[]> {
+  const res = await app.inject({ method: 'POST', url: `/heart/${userId}/readings`, headers: { 'x-api-key': KEY }, payload: body })
+  if (res.statusCode !== 202) throw new Error(`ingest answered ${res.statusCode}: ${res.body}`)
+  return res.json().ids
+}
+
+t.test('on a 3-master Redis Cluster: a user\'s keys share one slot, ingest and history work, pushes cross instances over sharded pub/sub', async (t) => {
+  const prefix = uniquePrefix()
+  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  t.match((await a.inject('/health')).json(), { status: 'ok', store: 'redis' })
+
+  // Users spread over the shards: each one's subscriber on B, the publisher on A.
+  const users = ['u1', 'u2', 'u3', 'u4', 'u5', 'u6']
+  const sockets = await Promise.all(users.map(async (u) => await openSocket(b, u)))
+  for (const [i, s] of sockets.entries()) t.match(await s.ask({ type: 'subscribe', userId: users[i] }), { type: 'subscribed' })
+  for (const [i, u] of users.entries()) {
+    const [id] = await ingest(a, u, { bpm: 60 + i })
+    t.match(await sockets[i].json(1000), { type: 'reading', userId: u, id, bpm: 60 + i }, `${u} reached B within a second`)
+  }
+
+  const raw = new Cluster(cluster.nodeList.split(',').map((hp) => ({ host: '127.0.0.1', port: Number(hp.split(':')[1]) })))
+  t.teardown(() => raw.disconnect())
+  const slots = await Promise.all(['', ':ts', ':history', ':live'].map(async (suffix) => {
+    const key = suffix === '' ? `${prefix}u1` : `{${prefix}u1}${suffix}`
+    return Number(await raw.call('CLUSTER', 'KEYSLOT', key))
+  }))
+  t.equal(new Set(slots).size, 1, 'legacy key, ts, history and channel hash to one slot')
+  t.equal(await raw.get(`${prefix}u1`), '60', 'the legacy key holds the decimal bpm')
+  const masters = new Set(await Promise.all(users.map(async (u) => {
+    const slot = Number(await raw.call('CLUSTER', 'KEYSLOT', `${prefix}${u}`))
+    return raw.slots[slot]?.[0]
+  })))
+  t.ok(masters.size > 1, `users live on ${masters.size} different masters`)
+  // Sharded subscriptions live on the master that owns the slot: count them over all masters.
+  const shardNumsub = async (channel: string): Promise<number> => {
+    let n = 0
+    for (const node of raw.nodes('master')) n += Number((await node.call('PUBSUB', 'SHARDNUMSUB', channel) as [string, number])[1])
+    return n
+  }
+  t.equal(await shardNumsub(`{${prefix}u1}:live`), 1, 'one sharded subscription for u1, on its shard')
+
+  const history = await a.inject({ url: '/heart/u1/readings', headers: { authorization: `Bearer ${token('u1')}` } })
+  t.equal(history.json().readings.length, 1)
+  for (const s of sockets) s.ws.terminate()
+  t.ok(await eventually(() => b.hub.topicCount === 0), 'B releases every subscription')
+  t.ok(await eventually(async () => await shardNumsub(`{${prefix}u1}:live`) === 0), 'and Redis holds none')
+})
+
+t.test('on the cluster: subscribe with since replays then goes live without gap or duplicate, across instances', async (t) => {
+  const prefix = uniquePrefix()
+  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  const first = await ingest(a, 'u1', { readings: [{ bpm: 60 }, { bpm: 61 }, { bpm: 62 }] })
+  const frames = await openSocket(b, 'u1')
+  frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'u1', since: first[0] }))
+  const posting = (async () => {
+    const ids: string[] = []
+    for (let i = 0; i < 20; i++) ids.push(...await ingest(a, 'u1', { bpm: 100 + i }))
+    return ids
+  })()
+  t.match(await frames.json(), { type: 'subscribed', userId: 'u1' })
+  const expected = [first[1], first[2], ...await posting]
+  const got: string[] = []
+  while (got.length < expected.length) got.push((await frames.until((f) => f.type === 'reading')).id)
+  t.same(got, expected)
+  t.same(await frames.quiet(150), [])
+  frames.ws.terminate()
+})
+
+t.test('on the cluster: sharing and revocation reach the viewer on another instance', async (t) => {
+  const prefix = uniquePrefix()
+  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  t.equal((await a.inject({ method: 'PUT', url: '/shares/bob', headers: { authorization: `Bearer ${token('alice')}` } })).statusCode, 200)
+  const bob = await openSocket(b, 'bob')
+  t.match(await bob.ask({ type: 'subscribe', userId: 'alice' }), { type: 'subscribed' })
+  t.equal((await a.inject({ method: 'DELETE', url: '/shares/bob', headers: { authorization: `Bearer ${token('alice')}` } })).statusCode, 204)
+  t.match(await bob.until((f) => f.type === 'revoked', 2000), { type: 'revoked', userId: 'alice' })
+  t.match(await bob.ask({ type: 'get', userId: 'alice' }), { type: 'error', code: 'forbidden' })
+  bob.ws.terminate()
+})
+
+t.test('on the cluster: when the shard subscriber connections drop, readings published meanwhile are filled from history', async (t) => {
+  const prefix = uniquePrefix()
+  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  const frames = await openSocket(b, 'u1')
+  await frames.ask({ type: 'subscribe', userId: 'u1' })
+  const before = await ingest(a, 'u1', { bpm: 70 })
+  t.match(await frames.json(), { type: 'reading', id: before[0] })
+  const raw = new Cluster(cluster.nodeList.split(',').map((hp) => ({ host: '127.0.0.1', port: Number(hp.split(':')[1]) })))
+  t.teardown(() => raw.disconnect())
+  await raw.ping()
+  // Cut the pub/sub connections of the shard that owns u1 (one node dropping its clients).
+  const slot = Number(await raw.call('CLUSTER', 'KEYSLOT', `{${prefix}u1}:live`))
+  const owner = raw.nodes('master').find((n) => `${n.options.host}:${n.options.port}` === raw.slots[slot]?.[0])
+  if (owner === undefined) throw new Error('no master found for the slot')
+  await owner.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  const during: string[] = []
+  for (let i = 0; i < 5; i++) during.push(...await ingest(a, 'u1', { bpm: 71 + i }))
+  const got: string[] = []
+  while (got.length < during.length) got.push((await frames.until((f) => f.type === 'reading', 10000)).id)
+  t.same(got, during, 'every reading, once, in order')
+  const after = await ingest(a, 'u1', { bpm: 99 })
+  t.match(await frames.json(5000), { type: 'reading', id: after[0] }, 'live again')
+  frames.ws.terminate()
+})
