@@ -17,6 +17,7 @@ import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
 import shares from '../routes/shares.js'
 import metricsRoute from '../routes/metrics.js'
+import demo from '../routes/demo.js'
 import { StoreUnavailableError } from './heart/store.js'
 
 export type AppOptions = ConfigOptions
@@ -56,4 +57,5 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)
   await fastify.register(shares)
+  await fastify.register(demo)
 }

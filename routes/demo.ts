@@ -1,0 +1,51 @@
+import { existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import fastifyStatic from '@fastify/static'
+import type { FastifyPluginAsync } from 'fastify'
+
+/** Scripts, styles and sockets from this origin only; the page has no inline script or style. */
+export const DEMO_CSP = "default-src 'self'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+/**
+ * public/ is not compiled: it sits at the project root, which is two levels up from the source
+ * file and three from the compiled one in dist/. Walking up to the folder holding package.json
+ * finds it either way.
+ */
+function projectRoot (): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir)
+    if (parent === dir) throw new Error('demo: no package.json above ' + fileURLToPath(import.meta.url))
+    dir = parent
+  }
+  return dir
+}
+
+/**
+ * The live demo page at /demo/ (public/demo): log in, see a user's heart rate and the last
+ * minutes of it. ENABLE_DEMO turns it on or off; unset, it is on outside production. It is
+ * static files calling the public API, so it grants nothing a token does not already grant.
+ */
+const demo: FastifyPluginAsync = async (fastify) => {
+  const { ENABLE_DEMO, NODE_ENV } = fastify.config
+  if (!(ENABLE_DEMO ?? NODE_ENV !== 'production')) return
+  const root = join(projectRoot(), 'public', 'demo')
+  if (!existsSync(join(root, 'index.html'))) throw new Error(`demo: ${root}/index.html is missing (ship public/ with dist/, or set ENABLE_DEMO=false)`)
+
+  fastify.addHook('onSend', async (_request, reply) => {
+    reply.header('content-security-policy', DEMO_CSP)
+    reply.header('x-content-type-options', 'nosniff')
+    reply.header('referrer-policy', 'no-referrer')
+  })
+  // decorateReply off: nothing here needs reply.sendFile, and other plugins may register @fastify/static too.
+  await fastify.register(fastifyStatic, { root, prefix: '/demo/', decorateReply: false })
+  // Relative links in the page (demo.js, demo.css) need the trailing slash; the query string is kept.
+  fastify.get('/demo', (request, reply) => {
+    const query = request.url.indexOf('?')
+    return reply.redirect('/demo/' + (query === -1 ? '' : request.url.slice(query)), 301)
+  })
+  fastify.log.info('demo page at /demo/ (ENABLE_DEMO=false turns it off)')
+}
+
+export default demo

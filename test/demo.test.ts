@@ -1,0 +1,203 @@
+/**
+ * The live demo page: how /demo is served (in-process), and the page itself driven in headless
+ * Chromium against the compiled server (history preloaded, then live readings from ingest).
+ * Chromium is Debian's (/usr/bin/chromium; .ci/run installs it). Only 127.0.0.1 is contacted.
+ */
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { AddressInfo } from 'node:net'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { DEMO_CSP } from '../routes/demo.js'
+import { ROOT, build, startServer, token, type ServerProcess } from './helper.js'
+
+const CHROMIUM = '/usr/bin/chromium'
+const API_KEY = 'demo-test-ingest-key'
+/** The longest any single step of the page may take. */
+const WAIT_MS = 10000
+const MINUTE = 60000
+
+t.test('/demo/ serves the page and its files with a CSP', async (t) => {
+  const app = await build(t)
+  const page = await app.inject('/demo/')
+  t.equal(page.statusCode, 200)
+  t.match(page.headers['content-type'], /^text\/html/)
+  t.equal(page.headers['content-security-policy'], DEMO_CSP)
+  t.match(page.body, /<canvas id="chart"/)
+  t.notMatch(page.body, /<script(?![^>]*\bsrc=)/, 'no inline script: the CSP would block it')
+  t.notMatch(page.body, /\sstyle=/, 'no inline style: the CSP would block it')
+  const script = await app.inject('/demo/demo.js')
+  t.equal(script.statusCode, 200)
+  t.match(script.headers['content-type'], /javascript/)
+  t.equal(script.headers['content-security-policy'], DEMO_CSP)
+  t.equal((await app.inject('/demo/demo.css')).statusCode, 200)
+  t.equal((await app.inject('/demo/missing.js')).statusCode, 404)
+  t.equal((await app.inject('/demo/..%2Fpackage.json')).statusCode < 300, false, 'nothing outside public/demo')
+})
+
+t.test('/demo redirects to /demo/ and keeps the query string', async (t) => {
+  const app = await build(t)
+  const plain = await app.inject('/demo')
+  t.equal(plain.statusCode, 301)
+  t.equal(plain.headers.location, '/demo/')
+  t.equal((await app.inject('/demo?user=alice')).headers.location, '/demo/?user=alice')
+})
+
+t.test('ENABLE_DEMO=false turns the page off', async (t) => {
+  const app = await build(t, { ENABLE_DEMO: 'false' })
+  t.equal((await app.inject('/demo/')).statusCode, 404)
+  t.equal((await app.inject('/demo')).statusCode, 404)
+})
+
+t.test('with NODE_ENV=production the page is off unless ENABLE_DEMO=true', async (t) => {
+  const off = await build(t, { NODE_ENV: 'production' })
+  t.equal((await off.inject('/demo/')).statusCode, 404)
+  t.equal((await off.inject('/demo')).statusCode, 404)
+  const on = await build(t, { NODE_ENV: 'production', ENABLE_DEMO: 'true' })
+  t.equal((await on.inject('/demo/')).statusCode, 200)
+})
+
+async function ingest (server: ServerProcess, userId: string, readings: Array<{ bpm: number, ts?: number }>): Promise<string[]> {
+  const res = await fetch(`${server.url}/heart/${userId}/readings`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+    body: JSON.stringify({ readings }),
+    signal: AbortSignal.timeout(WAIT_MS)
+  })
+  if (res.status !== 202) throw new Error(`ingest answered ${res.status}: ${await res.text()}`)
+  return (await res.json() as { ids: string[] }).ids
+}
+
+/** What the page shows, for failure messages. */
+async function shown (page: Page): Promise<string> {
+  const [state, bpm, points, closeCode, message] = await Promise.all([
+    page.textContent('#state'), page.textContent('#bpm'), page.getAttribute('#chart', 'data-points'),
+    page.textContent('#close-code'), page.textContent('#message')
+  ])
+  return JSON.stringify({ state, bpm, points, closeCode, message })
+}
+
+/**
+ * Waits until `selector` matches (`#bpm:text-is("97")`, `#chart[data-points="3"]`). Playwright's
+ * locators poll outside the page's CSP, which forbids the eval that waitForFunction needs.
+ */
+async function until (page: Page, selector: string): Promise<void> {
+  try {
+    await page.locator(selector).waitFor({ state: 'attached', timeout: WAIT_MS })
+  } catch {
+    throw new Error(`${selector}: not within ${WAIT_MS} ms; the page shows ${await shown(page)}`)
+  }
+}
+
+/** A page that may reach 127.0.0.1 only, with its script errors and CSP violations collected. */
+async function openPage (context: BrowserContext, url: string): Promise<{ page: Page, errors: string[] }> {
+  const page = await context.newPage()
+  page.setDefaultTimeout(WAIT_MS)
+  page.setDefaultNavigationTimeout(WAIT_MS)
+  const errors: string[] = []
+  page.on('pageerror', (err) => errors.push(err.message))
+  page.on('console', (msg) => {
+    // The page probes POST /auth/dev with an empty body: its 400 (dev login available) is expected.
+    if (msg.type() === 'error' && !msg.location().url.endsWith('/auth/dev')) errors.push(msg.text())
+  })
+  await page.goto(url)
+  return { page, errors }
+}
+
+/** A heart rate that wanders like a real one, the same on every run. */
+function walk (n: number): number[] {
+  return Array.from({ length: n }, (_, i) => Math.round(74 + 9 * Math.sin(i / 6) + 4 * Math.sin(i / 2.3)))
+}
+
+t.test('the page in Chromium: history, then live readings', async (t) => {
+  if (!existsSync(CHROMIUM)) {
+    t.fail(`Chromium is missing at ${CHROMIUM}: apt-get install -y chromium (.ci/run installs it)`)
+    return
+  }
+  const server = await startServer(t, { INGEST_API_KEYS: API_KEY, ENABLE_DEV_LOGIN: 'true' })
+  const browser: Browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+  })
+  t.teardown(() => browser.close())
+  const context = await browser.newContext({ viewport: { width: 1000, height: 640 } })
+  await context.route('**/*', async (route) => {
+    if (new URL(route.request().url()).hostname === '127.0.0.1') await route.continue()
+    else await route.abort()
+  })
+
+  t.test('dev login, preloaded history, live readings', async (t) => {
+    const now = Date.now()
+    const history = walk(53).map((bpm, i) => ({ bpm, ts: now - 270000 + i * 5000 }))
+    // Older than the chart's 5 minutes: preloaded, not drawn.
+    await ingest(server, 'alice', [{ bpm: 70, ts: now - 6 * MINUTE }, ...history])
+
+    const { page, errors } = await openPage(context, `${server.url}/demo`)
+    t.equal(new URL(page.url()).pathname, '/demo/', 'redirected to /demo/')
+    await page.locator('#dev-login').waitFor({ state: 'visible' })
+    await page.fill('#user', 'alice')
+    await page.click('#dev-login')
+    await until(page, '#message:has-text("dev token for alice")')
+    await page.click('#connect')
+    await until(page, '#state:text-is("open")')
+    await until(page, `#chart[data-points="${history.length}"]`)
+    t.equal(await page.textContent('#bpm'), String(history.at(-1)?.bpm), 'the newest preloaded reading is the current one')
+
+    await ingest(server, 'alice', [{ bpm: 97 }])
+    await until(page, '#bpm:text-is("97")')
+    await ingest(server, 'alice', [{ bpm: 101 }])
+    await until(page, '#bpm:text-is("101")')
+    await until(page, `#chart[data-points="${history.length + 2}"]`)
+    t.equal(await page.textContent('#state'), 'open')
+    t.equal(await page.textContent('#reconnects'), '0')
+
+    await mkdir(join(ROOT, 'test-artifacts'), { recursive: true })
+    await page.screenshot({ path: join(ROOT, 'test-artifacts', 'demo.png'), timeout: WAIT_MS })
+    t.same(errors, [], 'no script errors or CSP violations')
+    await page.close()
+  })
+
+  t.test('a pasted token; readings posted before connecting are not lost or doubled', async (t) => {
+    await ingest(server, 'bob', [{ bpm: 61, ts: Date.now() - MINUTE }, { bpm: 63, ts: Date.now() - 30000 }])
+    const { page, errors } = await openPage(context, `${server.url}/demo/`)
+    await page.fill('#user', 'bob')
+    await page.fill('#token', token('bob'))
+    await page.click('#connect')
+    await until(page, '#state:text-is("open")')
+    await until(page, '#chart[data-points="2"]')
+    await until(page, '#bpm:text-is("63")')
+    await ingest(server, 'bob', [{ bpm: 66 }, { bpm: 68 }])
+    await until(page, '#bpm:text-is("68")')
+    await until(page, '#chart[data-points="4"]')
+    t.same(errors, [], 'no script errors or CSP violations')
+    await page.close()
+  })
+
+  t.test('an expiring token ends in "token expired" with close code 4001', async (t) => {
+    const { page } = await openPage(context, `${server.url}/demo/`)
+    await page.fill('#user', 'carol')
+    await page.fill('#token', token('carol', { ttlS: 3 }))
+    await page.click('#connect')
+    await until(page, '#state:text-is("open")')
+    await until(page, '#message:has-text("token expired")')
+    t.equal(await page.textContent('#close-code'), '4001')
+    t.equal(await page.textContent('#state'), 'closed')
+    t.equal(await page.textContent('#reconnects'), '0', 'no reconnect with a dead token')
+    await page.close()
+  })
+
+  t.test('the dev login button stays hidden where POST /auth/dev answers 404', async (t) => {
+    const app = await build(t)
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    const { port } = app.server.address() as AddressInfo
+    const page = await context.newPage()
+    page.setDefaultTimeout(WAIT_MS)
+    const probed = page.waitForResponse((res) => res.url().endsWith('/auth/dev'), { timeout: WAIT_MS })
+    await page.goto(`http://127.0.0.1:${port}/demo/`, { timeout: WAIT_MS })
+    t.equal((await probed).status(), 404)
+    t.equal(await page.isHidden('#dev-login'), true)
+    await page.close()
+  })
+})
