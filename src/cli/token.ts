@@ -1,34 +1,47 @@
 /**
- * Mints a token for trying the service locally: `npm run token -- <userId> [ttlSeconds]`.
- * Uses JWT_SECRET, or the development secret the server generated when JWT_SECRET is unset.
+ * `heart-gateway token <userId> [--ttl S]` (also `npm run token -- <userId>`): mints a token for
+ * trying the service locally, with JWT_SECRET or the development secret the server generated
+ * when JWT_SECRET is unset. The other commands that need a token (watch, demo) sign through here.
  */
 import { createSigner } from 'fast-jwt'
 import { readFile } from 'node:fs/promises'
 import { isUserId } from '../heart/reading.js'
+import { CliError, UsageError, parse, positiveInteger } from './common.js'
 
-const DEV_SECRET_FILE = '.heart-gateway/dev-jwt-secret'
-const DEFAULT_TTL_S = 7200
+/** Where the server keeps its generated development secret (plugins/config.ts), relative to where it runs. */
+export const DEV_SECRET_FILE = '.heart-gateway/dev-jwt-secret'
+export const DEFAULT_TTL_S = 7200
 
-async function secret (): Promise<string> {
+/** JWT_SECRET, or the development secret file; never creates one (only the server does). */
+export async function jwtSecret (): Promise<string> {
   const fromEnv = process.env.JWT_SECRET
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv
   try {
     return (await readFile(DEV_SECRET_FILE, 'utf8')).trim()
   } catch {
-    throw new Error(`JWT_SECRET is not set and ${DEV_SECRET_FILE} does not exist yet: start the server once (npm start) or set JWT_SECRET`)
+    throw new CliError(`JWT_SECRET is not set and ${DEV_SECRET_FILE} does not exist yet: start the server once (npm start) or set JWT_SECRET`)
   }
 }
 
-async function main (): Promise<void> {
-  const [userId, ttlArg] = process.argv.slice(2)
-  if (!isUserId(userId)) throw new Error('usage: npm run token -- <userId> [ttlSeconds]   (userId: 1-64 characters of A-Z a-z 0-9 _ -)')
-  const ttl = ttlArg === undefined ? DEFAULT_TTL_S : Number(ttlArg)
-  if (!Number.isInteger(ttl) || ttl <= 0) throw new Error('ttlSeconds must be a positive integer')
-  const sign = createSigner({ key: await secret(), algorithm: 'HS256', expiresIn: ttl * 1000 })
-  process.stdout.write(sign({ sub: userId }) + '\n')
+/** An HS256 token as the server mints it: `sub` is the user, `exp` is `ttlS` from now. */
+export function signToken (secret: string, userId: string, ttlS = DEFAULT_TTL_S): string {
+  return createSigner({ key: secret, algorithm: 'HS256', expiresIn: ttlS * 1000 })({ sub: userId })
 }
 
-main().catch((err: Error) => {
-  process.stderr.write(err.message + '\n')
-  process.exit(1)
-})
+export async function mintToken (userId: string, ttlS = DEFAULT_TTL_S): Promise<string> {
+  return signToken(await jwtSecret(), userId, ttlS)
+}
+
+export function checkUserId (value: string | undefined): string {
+  if (!isUserId(value)) throw new UsageError(`userId must be 1-64 characters of A-Z a-z 0-9 _ -, not ${value === undefined ? 'missing' : `"${value}"`}`)
+  return value
+}
+
+export async function tokenCommand (args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, { ttl: { type: 'string' } })
+  // `npm run token -- <userId> <ttlSeconds>` was the original form: the positional ttl still works.
+  const [userId, ttlArg, ...extra] = positionals
+  if (extra.length > 0 || (ttlArg !== undefined && values.ttl !== undefined)) throw new UsageError('usage: heart-gateway token <userId> [--ttl seconds]')
+  const ttl = positiveInteger('--ttl', values.ttl ?? ttlArg, DEFAULT_TTL_S)
+  process.stdout.write(await mintToken(checkUserId(userId), ttl) + '\n')
+}
