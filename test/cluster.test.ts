@@ -1,4 +1,5 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
 import { Cluster } from 'ioredis'
 import { build, eventually, openSocket, token, uniquePrefix } from './helper.js'
 import { RedisCluster } from './redis-cluster.js'
@@ -8,17 +9,21 @@ const KEY = 'cluster-key'
 const cluster = await RedisCluster.start()
 t.teardown(() => cluster.stop())
 
-async function ingest (app: Awaited<ReturnType<typeof build>>, userId: string, body: object): Promise<string[]> {
+/** Two instances on the cluster with a key prefix of their own. */
+async function pair (t: Test): Promise<{ a: FastifyInstance, b: FastifyInstance, prefix: string }> {
+  const prefix = uniquePrefix()
+  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
+  return { a: await build(t, env), b: await build(t, env), prefix }
+}
+
+async function ingest (app: FastifyInstance, userId: string, body: object): Promise<string[]> {
   const res = await app.inject({ method: 'POST', url: `/heart/${userId}/readings`, headers: { 'x-api-key': KEY }, payload: body })
   if (res.statusCode !== 202) throw new Error(`ingest answered ${res.statusCode}: ${res.body}`)
   return res.json().ids
 }
 
 t.test('on a 3-master Redis Cluster: a user\'s keys share one slot, ingest and history work, pushes cross instances over sharded pub/sub', async (t) => {
-  const prefix = uniquePrefix()
-  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
-  const a = await build(t, env)
-  const b = await build(t, env)
+  const { a, b, prefix } = await pair(t)
   t.match((await a.inject('/health')).json(), { status: 'ok', store: 'redis' })
 
   // Users spread over the shards: each one's subscriber on B, the publisher on A.
@@ -59,10 +64,7 @@ t.test('on a 3-master Redis Cluster: a user\'s keys share one slot, ingest and h
 })
 
 t.test('on the cluster: subscribe with since replays then goes live without gap or duplicate, across instances', async (t) => {
-  const prefix = uniquePrefix()
-  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
-  const a = await build(t, env)
-  const b = await build(t, env)
+  const { a, b } = await pair(t)
   const first = await ingest(a, 'u1', { readings: [{ bpm: 60 }, { bpm: 61 }, { bpm: 62 }] })
   const frames = await openSocket(b, 'u1')
   frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'u1', since: first[0] }))
@@ -81,10 +83,7 @@ t.test('on the cluster: subscribe with since replays then goes live without gap 
 })
 
 t.test('on the cluster: sharing and revocation reach the viewer on another instance', async (t) => {
-  const prefix = uniquePrefix()
-  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
-  const a = await build(t, env)
-  const b = await build(t, env)
+  const { a, b } = await pair(t)
   t.equal((await a.inject({ method: 'PUT', url: '/shares/bob', headers: { authorization: `Bearer ${token('alice')}` } })).statusCode, 200)
   const bob = await openSocket(b, 'bob')
   t.match(await bob.ask({ type: 'subscribe', userId: 'alice' }), { type: 'subscribed' })
@@ -95,10 +94,7 @@ t.test('on the cluster: sharing and revocation reach the viewer on another insta
 })
 
 t.test('on the cluster: when the shard subscriber connections drop, readings published meanwhile are filled from history', async (t) => {
-  const prefix = uniquePrefix()
-  const env = { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY }
-  const a = await build(t, env)
-  const b = await build(t, env)
+  const { a, b, prefix } = await pair(t)
   const frames = await openSocket(b, 'u1')
   await frames.ask({ type: 'subscribe', userId: 'u1' })
   const before = await ingest(a, 'u1', { bpm: 70 })

@@ -100,6 +100,34 @@ for (const [name, make] of stores) {
     frames.ws.terminate()
   })
 
+  t.test(`${name}: an unsubscribe sent right after subscribe cancels it, even while it is being authorized`, async (t) => {
+    const app = await make(t)
+    await app.heartStore.grant('owner', 'u1')
+    const frames = await openSocket(app, 'u1')
+    frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'owner', reqId: 's' }))
+    frames.ws.send(JSON.stringify({ type: 'unsubscribe', userId: 'owner', reqId: 'u' }))
+    t.same(await frames.json(), { type: 'unsubscribed', userId: 'owner', reqId: 'u' })
+    await ingest(app, 'owner', { bpm: 80 })
+    t.same(await frames.quiet(200), [], 'no subscribed, no readings')
+    t.equal(app.hub.subscriptionCount, 0)
+    frames.ws.terminate()
+  })
+
+  t.test(`${name}: subscribed carries lastId, and only readings after it follow; resuming from it misses nothing`, async (t) => {
+    const app = await make(t)
+    const [first] = await ingest(app, 'u1', { bpm: 70 })
+    const frames = await openSocket(app, 'u1')
+    const sub = await frames.ask({ type: 'subscribe', userId: 'u1' })
+    t.equal(sub.lastId, first)
+    frames.ws.terminate()
+    const missed = await ingest(app, 'u1', { readings: [{ bpm: 71 }, { bpm: 72 }] })
+    const again = await openSocket(app, 'u1')
+    again.ws.send(JSON.stringify({ type: 'subscribe', userId: 'u1', since: sub.lastId }))
+    t.match(await again.json(), { type: 'subscribed', lastId: missed[1] })
+    t.same((await readings(again, 2)).map((r) => r.id), missed)
+    again.ws.terminate()
+  })
+
   t.test(`${name}: subscribing to another user is forbidden`, async (t) => {
     const app = await make(t)
     const frames = await openSocket(app, 'u1')

@@ -71,6 +71,8 @@ interface Topic {
 
 export interface SubscribeResult {
   current: Current | null
+  /** Newest history id when the subscription started: where a client resumes if it gets no reading before it drops. */
+  lastId: string | null
   truncated: boolean
 }
 
@@ -123,7 +125,9 @@ export class Hub implements FeedListener {
       topic.cursor ??= '0-0'
       let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
       if (!sub.active) return
-      onSubscribed({ current: snap.current, truncated: page?.truncated ?? false })
+      onSubscribed({ current: snap.current, lastId: snap.lastId, truncated: page?.truncated ?? false })
+      // Without a replay, `subscribed` stands for everything up to lastId: only later readings follow.
+      if (since === undefined) sub.lastId = snap.lastId
       while (page !== null && page.readings.length > 0) {
         for (const r of page.readings) watcher.send(readingFrame(userId, r))
         sub.lastId = page.readings[page.readings.length - 1].id

@@ -119,9 +119,10 @@ export function pongFrame (reqId?: ReqId): string {
   return `{"type":"pong","ts":${Date.now()}${reqIdTail(reqId)}`
 }
 
-export function subscribedFrame (userId: string, current: Current | null, truncated: boolean, reqId?: ReqId): string {
+export function subscribedFrame (userId: string, current: Current | null, lastId: string | null, truncated: boolean, reqId?: ReqId): string {
   const cur = current === null ? 'null' : `{"bpm":${current.bpm},"ts":${current.ts === null ? 'null' : current.ts}}`
-  return `{"type":"subscribed","userId":"${userId}","current":${cur}${truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
+  const last = lastId === null ? 'null' : `"${lastId}"`
+  return `{"type":"subscribed","userId":"${userId}","current":${cur},"lastId":${last}${truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
 }
 
 export function unsubscribedFrame (userId: string, reqId?: ReqId): string {

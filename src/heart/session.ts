@@ -219,20 +219,24 @@ export class HeartSession implements Watcher {
   }
 
   private async subscribe (userId: string, since: string | undefined, reqId: ReqId | undefined): Promise<void> {
-    await this.authorize(userId, reqId)
-    if (this.closed) return
     if (this.subs.has(userId)) {
-      this.reply(subscribedFrame(userId, await this.deps.store.current(userId), false, reqId))
+      await this.authorize(userId, reqId)
+      const snap = await this.deps.store.snapshot(userId)
+      this.reply(subscribedFrame(userId, snap.current, snap.lastId, false, reqId))
       return
     }
     if (this.subs.size >= this.deps.limits.maxSubscriptions) {
       throw new FrameError('too_many_subscriptions', `at most ${this.deps.limits.maxSubscriptions} subscriptions per connection`, reqId)
     }
+    // Recorded before any await, so an `unsubscribe` sent right after cancels it rather than overtaking it.
     const sub = new Subscription(this, userId)
     this.subs.set(userId, sub)
     try {
-      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r.current, r.truncated, reqId)))
+      await this.authorize(userId, reqId)
+      if (!sub.active || this.closed) return
+      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r.current, r.lastId, r.truncated, reqId)))
     } catch (err) {
+      this.deps.hub.unsubscribe(sub)
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
       throw err
     }
