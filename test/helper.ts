@@ -182,9 +182,12 @@ export interface ServerProcess {
   stop (signal?: NodeJS.Signals): Promise<number | null>
 }
 
-/** Runs the compiled server (dist/, as production does) with the given settings and waits until it listens. */
+/**
+ * Runs the compiled server (dist/, as production does) with the given settings and waits until it
+ * listens. `env.PORT` picks the port (to start a replacement where a stopped one listened).
+ */
 export async function startServer (t: Test, env: Env = {}): Promise<ServerProcess> {
-  const port = await freePort()
+  const port = env.PORT === undefined ? await freePort() : Number(env.PORT)
   const proc = spawn(process.execPath, ['dist/src/server.js'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, ...testEnv({ LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port), SHUTDOWN_GRACE_MS: '200', ...env }) },

@@ -1,0 +1,115 @@
+/** Types of heart-client.js, the mini-program client of heart-gateway (usage: README.md here). */
+
+export type HeartClientState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed'
+
+/** A live or replayed reading. `id` orders a user's readings; it is null for values written outside history. */
+export interface Reading {
+  userId: string
+  id: string | null
+  bpm: number
+  ts: number | null
+}
+
+export interface Current {
+  bpm: number
+  ts: number | null
+}
+
+export interface SubscribeResult {
+  /** The user's current value when the subscription started, null when there is none. */
+  current: Current | null
+  /** Readings after the resume point were already trimmed from history: there is a gap before the replay. */
+  truncated?: true
+}
+
+/**
+ * Rejections carry a `code`: one of the server's error codes (`bad_request`, `forbidden`,
+ * `unauthorized`, `unavailable`, `internal`, `too_many_subscriptions`, `rate_limited`) or the
+ * client's own: `timeout`, `disconnected` (the socket went before the answer came),
+ * `not_connected` (idle: not started, or the app is hidden), `closed`, `cancelled` (unsubscribed
+ * while a subscribe was pending), `token_expired` (reported to onError when a 4001 cannot be
+ * handled because there is no onTokenExpired).
+ */
+export interface HeartClientError extends Error {
+  code: string
+}
+
+/** The part of a mini program's `SocketTask` the client uses. */
+export interface SocketTaskLike {
+  onOpen (listener: (res: unknown) => void): void
+  onMessage (listener: (res: { data: string | ArrayBuffer }) => void): void
+  onClose (listener: (res: { code: number, reason: string }) => void): void
+  onError (listener: (res: { errMsg: string }) => void): void
+  send (opts: { data: string, success?: (res: unknown) => void, fail?: (res: { errMsg: string }) => void }): void
+  close (opts: { code?: number, reason?: string, success?: (res: unknown) => void, fail?: (res: { errMsg: string }) => void }): void
+}
+
+/** The part of `wx` the client uses; the app visibility functions are optional. */
+export interface WxLike {
+  connectSocket (opts: { url: string, header?: Record<string, string>, fail?: (res: { errMsg: string }) => void }): SocketTaskLike
+  onAppHide? (listener: () => void): void
+  onAppShow? (listener: () => void): void
+  offAppHide? (listener: () => void): void
+  offAppShow? (listener: () => void): void
+}
+
+export interface HeartClientOptions {
+  /** `wss://your.domain/heart/current` (a legal socket domain of the mini program). */
+  url: string
+  /** The JWT sent as `Authorization: Bearer …` on every connection. */
+  token: string
+  /** Defaults to the mini program's global `wx`; tests pass a shim. */
+  wx?: WxLike
+  /**
+   * Called when the server closes with 4001 (or the stored token has expired before a
+   * connection): resolve with a new token, and the client reconnects with it. Without it, a
+   * 4001 closes the client.
+   */
+  onTokenExpired?: () => Promise<string> | string
+  onStateChange?: (state: HeartClientState, previous: HeartClientState) => void
+  /** The owner withdrew access to `userId`: its subscription is gone. */
+  onRevoked?: (userId: string) => void
+  /** A subscription was renewed after a reconnect (`truncated`: readings were lost past history's length). */
+  onResubscribed?: (userId: string, result: SubscribeResult) => void
+  /** Errors nobody awaits: error frames without a request, failures of the app's own callbacks, of onTokenExpired. */
+  onError?: (err: HeartClientError | Error) => void
+  /** An application-level ping this often while open. Default 20000. */
+  pingIntervalMs?: number
+  /** Nothing received for this long (or a connection that does not open): the socket is given up. Default 45000. */
+  deadAfterMs?: number
+  /** How long a request waits for its answer. Default 10000. */
+  requestTimeoutMs?: number
+  /** Reconnect delays: exponential from initialMs up to maxMs, with full jitter. Defaults 500 and 30000. */
+  backoff?: { initialMs?: number, maxMs?: number }
+}
+
+export declare class HeartClient {
+  constructor (options: HeartClientOptions)
+  readonly state: HeartClientState
+  /** Starts connecting; the client then keeps a connection up until close(). */
+  connect (): void
+  /** Ends everything: pending promises reject with `closed`, subscriptions are forgotten. */
+  close (): void
+  /** Readings of `userId`, across reconnects, each once and in order. */
+  subscribe (userId: string, onReading: (reading: Reading) => void): Promise<SubscribeResult>
+  /** No reading of `userId` is delivered after this call. */
+  unsubscribe (userId: string): Promise<void>
+  /** The current value; both fields null when there is none. */
+  get (userId: string): Promise<{ bpm: number | null, ts: number | null }>
+  /** Extends the open socket's life to the new token's `exp` and keeps it for later reconnects. */
+  refresh (token: string): Promise<{ exp: number }>
+}
+
+export declare const CloseCode: {
+  readonly NORMAL: 1000
+  readonly GOING_AWAY: 1001
+  readonly ABNORMAL: 1006
+  readonly POLICY: 1008
+  readonly TOO_BIG: 1009
+  readonly INTERNAL: 1011
+  readonly TRY_AGAIN_LATER: 1013
+  readonly TOKEN_EXPIRED: 4001
+}
+
+/** Orders two history ids: negative, zero or positive. */
+export declare function compareIds (a: string, b: string): number
