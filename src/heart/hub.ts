@@ -123,6 +123,8 @@ export class Hub implements FeedListener {
       const snap = await this.store.snapshot(userId)
       if (snap.lastId !== null && (topic.cursor === null || compareIds(snap.lastId, topic.cursor) > 0)) topic.cursor = snap.lastId
       topic.cursor ??= '0-0'
+      // The client has everything up to `since`: nothing at or before it is sent again, replayed or late from pub/sub.
+      if (since !== undefined) sub.lastId = since
       let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
       if (!sub.active) return
       onSubscribed({ current: snap.current, lastId: snap.lastId, truncated: page?.truncated ?? false })
