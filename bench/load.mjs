@@ -1,0 +1,404 @@
+/**
+ * The load generator of `npm run bench`: one scenario against one target (our service or the
+ * baseline), in its own process so its work never lands on the servers' CPU figures. bench/run.mjs
+ * forks it with a JSON config as argv[2] and gets the result back over IPC (or on stdout when run
+ * by hand). Server CPU and memory are read from /proc/<pid> of the servers at the edges of the
+ * measured window, by this process, so the window is exactly the one the counts cover.
+ *
+ * Scenarios (every wait has a deadline; counts are fixed up front):
+ * - connect: N authenticated idle sockets, one user each; time to open, failures, RSS per socket.
+ * - query:   C sockets × D original-protocol gets in flight (text frame = own user id); round
+ *            trips/s, latency, server CPU per round trip, over a window after a warm-up.
+ * - push:    U users × S subscribers spread over the instances, R readings/s through HTTP ingest;
+ *            deliveries/s, ingest-to-frame latency, lost and duplicated deliveries, CPU per delivery.
+ */
+import http from 'node:http'
+import { readFileSync } from 'node:fs'
+import { performance } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import WebSocket from 'ws'
+import { Redis } from 'ioredis'
+import { createSigner } from 'fast-jwt'
+
+const cfg = JSON.parse(process.argv[2])
+const sign = createSigner({ key: cfg.secret, algorithm: 'HS256' })
+const exp = Math.floor(Date.now() / 1000) + 3600
+const tokenOf = (userId) => sign({ sub: userId, exp })
+
+// ---------------------------------------------------------------- /proc
+
+function procCpuTicks (pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(f[11]) + Number(f[12])
+}
+
+function procRssKiB (pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m === null ? NaN : Number(m[1])
+}
+
+/** Busy ticks per core (user, nice, system, irq, softirq, steal), from /proc/stat. */
+function coreBusyTicks () {
+  const busy = []
+  for (const line of readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(line)
+    if (m === null) continue
+    const f = m[2].split(' ').map(Number)
+    busy[Number(m[1])] = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+  }
+  return busy
+}
+
+/** CPU of the servers, of Redis, of this process and of each core at one moment. */
+function sample () {
+  const self = process.cpuUsage()
+  return {
+    at: performance.now(),
+    servers: cfg.pids.map(procCpuTicks),
+    redis: cfg.redisPid ? procCpuTicks(cfg.redisPid) : 0,
+    selfUs: self.user + self.system,
+    cores: coreBusyTicks()
+  }
+}
+
+/** CPU spent between two samples: servers' in µs (summed), and the busy share of the generator's core. */
+function cpuBetween (a, b) {
+  const tickUs = 1e6 / cfg.clkTck
+  const wallUs = (b.at - a.at) * 1000
+  const serverUs = b.servers.reduce((s, t, i) => s + (t - a.servers[i]) * tickUs, 0)
+  const redisUs = (b.redis - a.redis) * tickUs
+  const genUs = b.selfUs - a.selfUs
+  const coreBusyPercent = b.cores.map((t, i) => 100 * (t - a.cores[i]) * tickUs / wallUs)
+  const out = {
+    wallSeconds: wallUs / 1e6,
+    serverCpuUs: serverUs,
+    serverCpuPercent: 100 * serverUs / wallUs,
+    redisCpuPercent: 100 * redisUs / wallUs,
+    generatorCpuPercent: 100 * genUs / wallUs,
+    coreBusyPercent
+  }
+  // What other processes of the machine took from each core while the bench ran on it.
+  if (cfg.pinned) {
+    out.othersOnServerCorePercent = Math.max(0, coreBusyPercent[cfg.serverCore] - out.serverCpuPercent)
+    out.othersOnLoadCorePercent = Math.max(0, coreBusyPercent[cfg.loadCore] - out.generatorCpuPercent - out.redisCpuPercent)
+  }
+  return out
+}
+
+// ---------------------------------------------------------------- statistics
+
+function percentiles (values) {
+  if (values.length === 0) return { n: 0, p50: null, p99: null, max: null, mean: null }
+  const a = Float64Array.from(values).sort()
+  const at = (q) => a[Math.min(a.length - 1, Math.floor(q * a.length))]
+  let sum = 0
+  for (const v of a) sum += v
+  return { n: a.length, p50: at(0.5), p99: at(0.99), max: a[a.length - 1], mean: sum / a.length }
+}
+
+// ---------------------------------------------------------------- sockets
+
+const wsUrl = (base) => base.replace(/^http/, 'ws') + '/heart/current'
+
+/** Opens one authenticated socket; rejects on refusal, error or after `timeoutMs`. */
+function openSocket (base, userId, timeoutMs = 20000) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl(base), { headers: { authorization: `Bearer ${tokenOf(userId)}` }, perMessageDeflate: false })
+    const timer = setTimeout(() => { ws.terminate(); reject(new Error('open timed out')) }, timeoutMs)
+    ws.once('open', () => { clearTimeout(timer); ws.removeAllListeners('error'); ws.on('error', () => {}); resolve(ws) })
+    ws.once('unexpected-response', (_req, res) => { clearTimeout(timer); ws.terminate(); reject(new Error(`HTTP ${res.statusCode}`)) })
+    ws.once('error', (err) => { clearTimeout(timer); reject(err) })
+  })
+}
+
+/** Runs `task(i)` for i in [0, count) with at most `concurrency` at once; returns failures by message. */
+async function pool (count, concurrency, task, deadline) {
+  let next = 0
+  const failures = {}
+  async function worker () {
+    while (next < count) {
+      const i = next++
+      if (performance.now() > deadline) { failures['deadline passed'] = (failures['deadline passed'] ?? 0) + 1; continue }
+      try {
+        await task(i)
+      } catch (err) {
+        failures[err.message] = (failures[err.message] ?? 0) + 1
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))
+  return failures
+}
+
+const countOf = (failures) => Object.values(failures).reduce((a, b) => a + b, 0)
+
+async function closeAll (sockets) {
+  for (const ws of sockets) ws.terminate()
+  await sleep(200)
+}
+
+// ---------------------------------------------------------------- connect
+
+async function connect () {
+  const { connections: n, concurrency } = cfg
+  const base = cfg.urls[0]
+  const pid = cfg.pids[0]
+  // Warm-up: code paths compiled and lazy modules loaded, so the RSS delta is the sockets'.
+  const warm = []
+  await pool(100, 50, async (i) => { warm.push(await openSocket(base, `w${i}`)) }, performance.now() + 30000)
+  await closeAll(warm)
+  await sleep(1000)
+  const rssBefore = procRssKiB(pid)
+  const sockets = []
+  const s0 = sample()
+  const failures = await pool(n, concurrency, async (i) => { sockets.push(await openSocket(base, `c${i}`)) }, performance.now() + cfg.openDeadlineMs)
+  const s1 = sample()
+  await sleep(cfg.settleMs)
+  const rssAfter = procRssKiB(pid)
+  // Sockets that died while idle count as failures too.
+  const dropped = sockets.filter((ws) => ws.readyState !== WebSocket.OPEN).length
+  const cpu = cpuBetween(s0, s1)
+  await closeAll(sockets)
+  return {
+    connections: n,
+    opened: sockets.length - dropped,
+    failures: countOf(failures) + dropped,
+    failureReasons: dropped > 0 ? { ...failures, 'closed while idle': dropped } : failures,
+    openSeconds: cpu.wallSeconds,
+    opensPerSecond: sockets.length / cpu.wallSeconds,
+    rssBeforeKiB: rssBefore,
+    rssAfterKiB: rssAfter,
+    rssPerConnectionKiB: (rssAfter - rssBefore) / Math.max(1, sockets.length),
+    serverCpuPerOpenUs: cpu.serverCpuUs / Math.max(1, sockets.length),
+    cpu
+  }
+}
+
+// ---------------------------------------------------------------- query
+
+async function query () {
+  const { connections: c, inFlight: d } = cfg
+  const base = cfg.urls[0]
+  const redis = new Redis(cfg.redisUrl)
+  const users = Array.from({ length: c }, (_, i) => `q${i}`)
+  const expected = users.map((_, i) => String(40 + (i % 150)))
+  await redis.mset(...users.flatMap((u, i) => [cfg.prefix + u, expected[i]]))
+  redis.disconnect()
+
+  const sockets = []
+  const failures = await pool(c, cfg.concurrency, async (i) => { sockets[i] = await openSocket(base, users[i]) }, performance.now() + 60000)
+  if (countOf(failures) > 0) throw new Error(`query: ${countOf(failures)} sockets failed to open: ${JSON.stringify(failures)}`)
+
+  let running = true
+  let measuring = false
+  let done = 0
+  let wrong = 0
+  let inFlight = 0
+  const latencies = []
+  sockets.forEach((ws, i) => {
+    const sentAt = []
+    const frame = users[i]
+    const want = Buffer.from(expected[i])
+    ws.on('message', (data) => {
+      const now = performance.now()
+      const t = sentAt.shift()
+      inFlight--
+      if (!want.equals(data)) wrong++
+      if (measuring) {
+        done++
+        latencies.push(now - t)
+      }
+      if (running) {
+        sentAt.push(performance.now())
+        inFlight++
+        ws.send(frame)
+      }
+    })
+    for (let k = 0; k < d; k++) {
+      sentAt.push(performance.now())
+      inFlight++
+      ws.send(frame)
+    }
+  })
+  await sleep(cfg.warmupMs)
+  const wrongBefore = wrong
+  measuring = true
+  const s0 = sample()
+  const windowStart = Date.now()
+  await sleep(cfg.durationMs)
+  const s1 = sample()
+  const windowEnd = Date.now()
+  measuring = false
+  running = false
+  const measured = done
+  const deadline = performance.now() + 5000
+  while (inFlight > 0 && performance.now() < deadline) await sleep(10)
+  const cpu = cpuBetween(s0, s1)
+  await closeAll(sockets)
+  const lat = percentiles(latencies)
+  return {
+    connections: c,
+    inFlight: d,
+    roundTrips: measured,
+    roundTripsPerSecond: measured / cpu.wallSeconds,
+    latencyMs: lat,
+    wrongReplies: wrong,
+    wrongRepliesInWindow: wrong - wrongBefore,
+    unanswered: inFlight,
+    serverCpuPerRoundTripUs: cpu.serverCpuUs / Math.max(1, measured),
+    cpu,
+    window: { startEpochMs: windowStart, endEpochMs: windowEnd }
+  }
+}
+
+// ---------------------------------------------------------------- push
+
+async function push () {
+  const { users: u, subscribers: s, rate } = cfg
+  const users = Array.from({ length: u }, (_, i) => `p${i}`)
+  /** `${userId}|${ts}|${bpm}` → what the generator knows of that reading. */
+  const readings = new Map()
+  const latMs = []
+  const latHr = []
+  let deliveries = 0
+  let duplicates = 0
+  let unexpected = 0
+  let firstDeliveryAt = 0
+  let lastDeliveryAt = 0
+
+  const sockets = []
+  const subscribe = async (idx) => {
+    const userIdx = idx % u
+    const subIdx = Math.floor(idx / u)
+    const userId = users[userIdx]
+    const ws = await openSocket(cfg.urls[subIdx % cfg.urls.length], userId)
+    sockets.push(ws)
+    const seen = new Set()
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('subscribed not received')), 20000)
+      ws.on('message', (data) => {
+        const now = performance.now()
+        const wall = Date.now()
+        const f = JSON.parse(data)
+        if (f.type === 'subscribed') { clearTimeout(timer); resolve(); return }
+        if (f.type !== 'reading') { unexpected++; return }
+        const key = `${f.userId}|${f.ts}|${f.bpm}`
+        const r = readings.get(key)
+        if (r === undefined || f.userId !== userId) { unexpected++; return }
+        if (seen.has(key)) { duplicates++; return }
+        seen.add(key)
+        r.got++
+        deliveries++
+        if (firstDeliveryAt === 0) firstDeliveryAt = now
+        lastDeliveryAt = now
+        latMs.push(wall - f.ts)
+        latHr.push(now - r.sentHr)
+      })
+      ws.send(JSON.stringify({ type: 'subscribe', userId }))
+    })
+  }
+  const failures = await pool(u * s, cfg.concurrency, subscribe, performance.now() + 90000)
+  if (countOf(failures) > 0) throw new Error(`push: ${countOf(failures)} subscribers failed: ${JSON.stringify(failures)}`)
+  await sleep(500)
+
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  const targets = cfg.urls.map((b) => new URL(b))
+  const seq = new Array(u).fill(0)
+  let sent = 0
+  let acked = 0
+  let ingestErrors = 0
+  let pending = 0
+  const ingestLat = []
+  const post = (i) => {
+    const userIdx = i % u
+    const userId = users[userIdx]
+    const n = seq[userIdx]++
+    const bpm = 20 + (n % 231)
+    const target = targets[i % targets.length]
+    const ts = Date.now()
+    const r = { sentHr: performance.now(), got: 0, acked: false }
+    readings.set(`${userId}|${ts}|${bpm}`, r)
+    const body = `{"bpm":${bpm},"ts":${ts}}`
+    pending++
+    const req = http.request({
+      agent, host: target.hostname, port: target.port, method: 'POST', path: `/heart/${userId}/readings`,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-api-key': cfg.apiKey }
+    }, (res) => {
+      res.resume()
+      res.on('end', () => {
+        pending--
+        if (res.statusCode === 202) { acked++; r.acked = true; ingestLat.push(performance.now() - r.sentHr) } else ingestErrors++
+      })
+    })
+    req.on('error', () => { pending--; ingestErrors++ })
+    req.end(body)
+  }
+
+  const s0 = sample()
+  const start = performance.now()
+  await new Promise((resolve) => {
+    const timer = setInterval(() => {
+      const elapsed = performance.now() - start
+      const due = Math.min(Math.floor(elapsed * rate / 1000), Math.round(rate * cfg.durationMs / 1000))
+      while (sent < due) post(sent++)
+      if (elapsed >= cfg.durationMs) { clearInterval(timer); resolve() }
+    }, 2)
+  })
+  const ingestSeconds = (performance.now() - start) / 1000
+  // Drain: every answer in and every expected delivery in; a delivery still missing when nothing
+  // has moved for `quietMs` (or at the hard deadline) counts as lost, however late it might come.
+  const deadline = performance.now() + cfg.drainMs
+  let progress = -1
+  let movedAt = performance.now()
+  while (performance.now() < deadline && (pending > 0 || deliveries < acked * s)) {
+    const now = performance.now()
+    if (deliveries + acked + ingestErrors !== progress) { progress = deliveries + acked + ingestErrors; movedAt = now }
+    if (now - movedAt > cfg.quietMs) break
+    await sleep(10)
+  }
+  const s1 = sample()
+  let lost = 0
+  for (const r of readings.values()) if (r.acked) lost += s - r.got
+  const cpu = cpuBetween(s0, s1)
+  await closeAll(sockets)
+  agent.destroy()
+  return {
+    users: u,
+    subscribers: s,
+    sockets: u * s,
+    instances: cfg.urls.length,
+    readingsPerSecondTarget: rate,
+    readingsSent: sent,
+    readingsAcked: acked,
+    ingestErrors,
+    ingestSeconds,
+    expectedDeliveries: acked * s,
+    deliveries,
+    deliveriesPerSecond: deliveries / ingestSeconds,
+    lost,
+    duplicates,
+    unexpected,
+    deliverySpanSeconds: (lastDeliveryAt - firstDeliveryAt) / 1000,
+    latencyMs: percentiles(latMs),
+    latencyHrMs: percentiles(latHr),
+    ingestHttpMs: percentiles(ingestLat),
+    serverCpuPerDeliveryUs: cpu.serverCpuUs / Math.max(1, deliveries),
+    cpu
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+const scenarios = { connect, query, push }
+try {
+  const result = await scenarios[cfg.scenario]()
+  if (process.send) process.send({ ok: true, result })
+  else process.stdout.write(JSON.stringify(result, null, 2) + '\n')
+} catch (err) {
+  if (process.send) process.send({ ok: false, error: err.stack ?? String(err) })
+  else process.stderr.write(`${err.stack}\n`)
+  process.exitCode = 1
+}
+if (process.connected) process.disconnect()
+setTimeout(() => process.exit(), 100).unref()

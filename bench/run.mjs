@@ -1,0 +1,549 @@
+/**
+ * `npm run bench`: our service against the plain ws + ioredis floor in bench/baseline/, on this
+ * machine, in one run. Starts a private redis-server (no persistence), then for each scenario and
+ * round fresh servers (ours: the compiled `dist/src/server.js`, as production runs it; 1 instance,
+ * 2 for push) and a load generator in its own process (bench/load.mjs). Targets alternate
+ * ours, baseline, baseline, ours, … (ABBA) so drift on a noisy machine hits both alike. With
+ * taskset, servers run on core 0 and the generator and Redis on core 1.
+ *
+ * Prints a table (ours, baseline, ours/baseline) and writes bench/results/<date>.json.
+ *
+ * Options (flag or env):
+ *   --scenarios=connect,query,push   BENCH_SCENARIOS
+ *   --rounds=2                       BENCH_ROUNDS      runs per scenario and target; figures are medians
+ *   --duration=10                    BENCH_DURATION    seconds of load in query and push
+ *   --connections=5000               BENCH_CONNECTIONS connect: idle sockets (up to ~19 000: 20 000 open files per process)
+ *   --query-connections=200          BENCH_QUERY_CONNECTIONS
+ *   --in-flight=4                    BENCH_IN_FLIGHT
+ *   --users=100 --subscribers=50     BENCH_USERS, BENCH_SUBSCRIBERS
+ *   --rate=500                       BENCH_RATE        readings/s ingested in push
+ *   --targets=ours,baseline          BENCH_TARGETS
+ *   --no-pin                         BENCH_NO_PIN=1    do not use taskset
+ *   --profile                        BENCH_PROFILE=1   one extra query run of ours under --cpu-prof
+ *                                                      (not counted in the table), summarised with bench/top-functions.mjs
+ *   --profile-baseline               BENCH_PROFILE_BASELINE=1  the same for the baseline, to compare with
+ *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
+ */
+import { spawn, fork, execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { topFunctions, formatTop } from './top-functions.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const root = path.resolve(here, '..')
+const resultsDir = path.join(here, 'results')
+const profileDir = path.join(resultsDir, 'profiles')
+
+// ---------------------------------------------------------------- options
+
+const { values: flags } = parseArgs({
+  options: {
+    scenarios: { type: 'string' },
+    rounds: { type: 'string' },
+    duration: { type: 'string' },
+    connections: { type: 'string' },
+    'query-connections': { type: 'string' },
+    'in-flight': { type: 'string' },
+    users: { type: 'string' },
+    subscribers: { type: 'string' },
+    rate: { type: 'string' },
+    targets: { type: 'string' },
+    'no-pin': { type: 'boolean' },
+    profile: { type: 'boolean' },
+    'profile-baseline': { type: 'boolean' },
+    out: { type: 'string' },
+    help: { type: 'boolean', short: 'h' }
+  }
+})
+if (flags.help) {
+  process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] + '*/\n')
+  process.exit(0)
+}
+
+const env = process.env
+function intOption (flag, envName, dflt, min, max) {
+  const raw = flags[flag] ?? env[envName]
+  const v = raw === undefined ? dflt : Number(raw)
+  if (!Number.isInteger(v) || v < min || v > max) throw new Error(`--${flag} / ${envName} must be an integer in [${min}, ${max}], got ${raw}`)
+  return v
+}
+function listOption (flag, envName, dflt, allowed) {
+  const list = (flags[flag] ?? env[envName] ?? dflt).split(',').map((s) => s.trim()).filter(Boolean)
+  for (const x of list) if (!allowed.includes(x)) throw new Error(`--${flag} / ${envName}: unknown "${x}" (one of ${allowed.join(', ')})`)
+  return list
+}
+
+const opts = {
+  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', 'connect,query,push', ['connect', 'query', 'push']),
+  targets: listOption('targets', 'BENCH_TARGETS', 'ours,baseline', ['ours', 'baseline']),
+  rounds: intOption('rounds', 'BENCH_ROUNDS', 2, 1, 20),
+  durationSeconds: intOption('duration', 'BENCH_DURATION', 10, 1, 120),
+  connections: intOption('connections', 'BENCH_CONNECTIONS', 5000, 1, 19500),
+  queryConnections: intOption('query-connections', 'BENCH_QUERY_CONNECTIONS', 200, 1, 10000),
+  inFlight: intOption('in-flight', 'BENCH_IN_FLIGHT', 4, 1, 1000),
+  users: intOption('users', 'BENCH_USERS', 100, 1, 10000),
+  subscribers: intOption('subscribers', 'BENCH_SUBSCRIBERS', 50, 1, 10000),
+  rate: intOption('rate', 'BENCH_RATE', 500, 1, 100000),
+  pin: !(flags['no-pin'] ?? env.BENCH_NO_PIN === '1'),
+  profile: flags.profile ?? env.BENCH_PROFILE === '1',
+  profileBaseline: flags['profile-baseline'] ?? env.BENCH_PROFILE_BASELINE === '1',
+  out: flags.out ?? env.BENCH_OUT
+}
+if (opts.users * opts.subscribers > 19500) throw new Error('push: users × subscribers must stay below ~19 500 (open files of the generator)')
+
+// ---------------------------------------------------------------- machine
+
+const SECRET = 'bench-secret-bench-secret-bench-secret-0123456789'
+const API_KEY = 'bench-ingest-key'
+const PREFIX = 'heart:'
+const clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
+
+function canPin () {
+  if (os.cpus().length < 2) return false
+  try {
+    execFileSync('taskset', ['-c', '1', 'true'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+const pinned = opts.pin && canPin()
+const SERVER_CORE = '0'
+const LOAD_CORE = '1'
+
+function machine () {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? 'unknown'
+  let redisVersion = 'unknown'
+  try { redisVersion = /v=(\S+)/.exec(execFileSync('redis-server', ['--version']).toString())?.[1] ?? redisVersion } catch {}
+  let openFiles = 'unknown'
+  try { openFiles = execFileSync('sh', ['-c', 'ulimit -n']).toString().trim() } catch {}
+  let commit = 'unknown'
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim()
+    if (execFileSync('git', ['status', '--porcelain', '--', 'src', 'plugins', 'routes'], { cwd: root }).toString().trim() !== '') commit += ' + uncommitted changes in src/plugins/routes'
+  } catch {}
+  return {
+    code: commit,
+    cores: os.cpus().length,
+    model,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30 * 10) / 10,
+    node: process.version,
+    redis: redisVersion,
+    kernel: os.release(),
+    openFiles,
+    pinning: pinned ? `taskset: servers on core ${SERVER_CORE}; load generator and Redis on core ${LOAD_CORE}` : 'none (taskset unavailable, fewer than 2 cores, or --no-pin): every process shares every core'
+  }
+}
+
+// ---------------------------------------------------------------- processes
+
+const children = new Set()
+function pinnedSpawn (core, cmd, args, options) {
+  const child = pinned ? spawn('taskset', ['-c', core, cmd, ...args], options) : spawn(cmd, args, options)
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  return child
+}
+function killAll () {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
+}
+process.on('exit', killAll)
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAll(); process.exit(130) })
+
+async function freePort () {
+  return await new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/** Keeps the last lines a child printed, to show if it dies. */
+function tail (child) {
+  const lines = []
+  const keep = (buf) => {
+    for (const l of buf.toString().split('\n')) if (l !== '') lines.push(l)
+    if (lines.length > 40) lines.splice(0, lines.length - 40)
+  }
+  child.stdout?.on('data', keep)
+  child.stderr?.on('data', keep)
+  return lines
+}
+
+async function startRedis () {
+  const port = await freePort()
+  const proc = pinnedSpawn(LOAD_CORE, 'redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--daemonize', 'no', '--loglevel', 'warning', '--maxclients', '10000'
+  ], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const out = tail(proc)
+  const deadline = Date.now() + 10000
+  for (;;) {
+    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
+    probe.on('error', () => {})
+    try {
+      await probe.connect()
+      await probe.ping()
+      probe.disconnect()
+      return { proc, port, url: `redis://127.0.0.1:${port}` }
+    } catch (err) {
+      probe.disconnect()
+      if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`redis-server did not start: ${err.message}\n${out.join('\n')}`)
+      await sleep(50)
+    }
+  }
+}
+
+async function waitHealthy (port, proc, out) {
+  const deadline = Date.now() + 20000
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}:\n${out.join('\n')}`)
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/health`)
+      if (res.status === 200) return
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`server on ${port} not healthy after 20 s:\n${out.join('\n')}`)
+    await sleep(50)
+  }
+}
+
+/** Starts `instances` servers of a target; ours is the compiled service with the bench's limits. */
+async function startServers (target, instances, redisUrl, { profile = false } = {}) {
+  const servers = []
+  for (let i = 0; i < instances; i++) {
+    const port = await freePort()
+    const common = { PORT: String(port), HOST: '127.0.0.1', REDIS_URL: redisUrl, JWT_SECRET: SECRET, INGEST_API_KEYS: API_KEY, HEART_KEY_PREFIX: PREFIX }
+    let proc
+    if (target === 'ours') {
+      const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []
+      proc = pinnedSpawn(SERVER_CORE, process.execPath, [...nodeArgs, path.join(root, 'dist/src/server.js')], {
+        cwd: root,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          PATH: env.PATH,
+          ...common,
+          NODE_ENV: 'production',
+          LOG_LEVEL: 'warn',
+          SHUTDOWN_GRACE_MS: '0',
+          // The defaults protect production from floods; the bench is a deliberate flood.
+          MESSAGE_RATE_LIMIT: '1000000',
+          MAX_CONNECTIONS_PER_USER: '1000000',
+          UPGRADE_RATE_LIMIT: '1000000'
+        }
+      })
+    } else {
+      const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []
+      proc = pinnedSpawn(SERVER_CORE, process.execPath, [...nodeArgs, path.join(here, 'baseline/server.mjs')], {
+        cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: env.PATH, ...common }
+      })
+    }
+    const out = tail(proc)
+    servers.push({ proc, port, out, url: `http://127.0.0.1:${port}` })
+  }
+  await Promise.all(servers.map((s) => waitHealthy(s.port, s.proc, s.out)))
+  return servers
+}
+
+async function stopServers (servers) {
+  await Promise.all(servers.map(async ({ proc }) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return
+    const exited = new Promise((resolve) => proc.once('exit', resolve))
+    proc.kill('SIGTERM')
+    // A profiled server writes its profile on exit: give it time.
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 15000)
+    await exited
+    clearTimeout(timer)
+  }))
+}
+
+function runLoad (config, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const loadPath = path.join(here, 'load.mjs')
+    const child = fork(loadPath, [JSON.stringify(config)], {
+      cwd: root,
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      ...(pinned ? { execPath: 'taskset', execArgv: ['-c', LOAD_CORE, process.execPath, '--max-old-space-size=4096'] } : { execArgv: ['--max-old-space-size=4096'] })
+    })
+    children.add(child)
+    let answer = null
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`load generator did not finish in ${timeoutMs / 1000} s`)) }, timeoutMs)
+    child.on('message', (m) => { answer = m })
+    child.once('exit', (code) => {
+      children.delete(child)
+      clearTimeout(timer)
+      if (answer === null) reject(new Error(`load generator exited with ${code} and no result`))
+      else if (!answer.ok) reject(new Error(answer.error))
+      else resolve(answer.result)
+    })
+  })
+}
+
+// ---------------------------------------------------------------- scenarios
+
+const durationMs = opts.durationSeconds * 1000
+const scenarioSetup = {
+  connect: {
+    instances: 1,
+    config: { connections: opts.connections, concurrency: 200, openDeadlineMs: 180000, settleMs: 2000 },
+    timeoutMs: 300000
+  },
+  query: {
+    instances: 1,
+    config: { connections: opts.queryConnections, inFlight: opts.inFlight, concurrency: 100, warmupMs: 2000, durationMs },
+    timeoutMs: durationMs + 120000
+  },
+  push: {
+    instances: 2,
+    config: { users: opts.users, subscribers: opts.subscribers, rate: opts.rate, concurrency: 200, durationMs, drainMs: 60000, quietMs: 3000 },
+    timeoutMs: durationMs + 240000
+  }
+}
+
+async function runOne (scenario, target, redis, { profile = false } = {}) {
+  const setup = scenarioSetup[scenario]
+  await redis.client.flushall()
+  const spawnedAt = Date.now()
+  const servers = await startServers(target, setup.instances, redis.url, { profile })
+  const t0 = Date.now()
+  try {
+    const result = await runLoad({
+      ...setup.config,
+      scenario,
+      urls: servers.map((s) => s.url),
+      pids: servers.map((s) => s.proc.pid),
+      redisPid: redis.proc.pid,
+      redisUrl: redis.url,
+      secret: SECRET,
+      apiKey: API_KEY,
+      prefix: PREFIX,
+      clkTck,
+      pinned,
+      serverCore: Number(SERVER_CORE),
+      loadCore: Number(LOAD_CORE)
+    }, setup.timeoutMs)
+    for (const s of servers) {
+      if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during ${scenario}:\n${s.out.join('\n')}`)
+    }
+    result.wallSeconds = (Date.now() - t0) / 1000
+    result.spawnedAtEpochMs = spawnedAt
+    return result
+  } finally {
+    await stopServers(servers)
+  }
+}
+
+// ---------------------------------------------------------------- figures and table
+
+const get = (obj, dotted) => dotted.split('.').reduce((o, k) => (o == null ? undefined : o[k]), obj)
+function median (xs) {
+  const a = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((p, q) => p - q)
+  if (a.length === 0) return null
+  const m = a.length >> 1
+  return a.length % 2 === 1 ? a[m] : (a[m - 1] + a[m]) / 2
+}
+
+/** [label, path in a result, digits, how it is summed over rounds] */
+const FIGURES = {
+  connect: [
+    ['sockets opened', 'opened', 0, 'min'],
+    ['failures', 'failures', 0, 'max'],
+    ['time to open (s)', 'openSeconds', 2],
+    ['opens/s', 'opensPerSecond', 0],
+    ['server RSS per socket (KiB)', 'rssPerConnectionKiB', 2],
+    ['server RSS before (MiB)', 'rssBeforeKiB', 1, 'median', 1 / 1024],
+    ['server CPU per open (µs)', 'serverCpuPerOpenUs', 0],
+    ['generator CPU (% of core 1)', 'cpu.generatorCpuPercent', 0],
+    ['other processes on core 0 (%)', 'cpu.othersOnServerCorePercent', 0],
+    ['other processes on core 1 (%)', 'cpu.othersOnLoadCorePercent', 0]
+  ],
+  query: [
+    ['round trips/s', 'roundTripsPerSecond', 0],
+    ['latency p50 (ms)', 'latencyMs.p50', 2],
+    ['latency p99 (ms)', 'latencyMs.p99', 2],
+    ['server CPU per round trip (µs)', 'serverCpuPerRoundTripUs', 2],
+    ['server CPU (% of core 0)', 'cpu.serverCpuPercent', 0],
+    ['generator CPU (% of core 1)', 'cpu.generatorCpuPercent', 0],
+    ['Redis CPU (% of core 1)', 'cpu.redisCpuPercent', 0],
+    ['other processes on core 0 (%)', 'cpu.othersOnServerCorePercent', 0],
+    ['other processes on core 1 (%)', 'cpu.othersOnLoadCorePercent', 0],
+    ['wrong replies', 'wrongReplies', 0, 'max'],
+    ['unanswered at end', 'unanswered', 0, 'max']
+  ],
+  push: [
+    ['deliveries/s', 'deliveriesPerSecond', 0],
+    ['ingest→frame p50 (ms, Date.now)', 'latencyMs.p50', 2],
+    ['ingest→frame p99 (ms, Date.now)', 'latencyMs.p99', 2],
+    ['ingest→frame max (ms, Date.now)', 'latencyMs.max', 2],
+    ['ingest→frame p50 (ms, hr clock)', 'latencyHrMs.p50', 3],
+    ['ingest→frame p99 (ms, hr clock)', 'latencyHrMs.p99', 3],
+    ['ingest→frame max (ms, hr clock)', 'latencyHrMs.max', 3],
+    ['lost deliveries', 'lost', 0, 'max'],
+    ['duplicated deliveries', 'duplicates', 0, 'max'],
+    ['ingest errors', 'ingestErrors', 0, 'max'],
+    ['server CPU per delivery (µs, 2 inst.)', 'serverCpuPerDeliveryUs', 2],
+    ['server CPU (% of core 0, 2 inst.)', 'cpu.serverCpuPercent', 0],
+    ['ingest HTTP p50 (ms)', 'ingestHttpMs.p50', 2],
+    ['generator CPU (% of core 1)', 'cpu.generatorCpuPercent', 0],
+    ['Redis CPU (% of core 1)', 'cpu.redisCpuPercent', 0],
+    ['other processes on core 0 (%)', 'cpu.othersOnServerCorePercent', 0],
+    ['other processes on core 1 (%)', 'cpu.othersOnLoadCorePercent', 0]
+  ]
+}
+
+function summarise (scenario, runs) {
+  const rows = []
+  for (const [label, p, digits, how = 'median', scale = 1] of FIGURES[scenario]) {
+    const row = { label, digits }
+    for (const target of ['ours', 'baseline']) {
+      const vals = (runs[target] ?? []).filter((r) => !r.error).map((r) => get(r, p)).filter((v) => typeof v === 'number')
+      const v = vals.length === 0 ? null : how === 'max' ? Math.max(...vals) : how === 'min' ? Math.min(...vals) : median(vals)
+      row[target] = v === null ? null : v * scale
+    }
+    row.ratio = row.ours != null && row.baseline != null && row.baseline !== 0 ? row.ours / row.baseline : null
+    rows.push(row)
+  }
+  return rows
+}
+
+function fmt (v, digits) {
+  if (v === null || v === undefined) return '-'
+  return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+}
+
+function table (summary) {
+  const lines = []
+  const w = [40, 14, 14, 8]
+  const pad = (s, n, left = false) => (left ? s.padEnd(n) : s.padStart(n))
+  lines.push(pad('figure', w[0], true) + pad('ours', w[1]) + pad('baseline', w[2]) + pad('ratio', w[3] + 2))
+  for (const [scenario, info] of Object.entries(summary)) {
+    lines.push('')
+    lines.push(`${scenario} — ${info.describe}`)
+    for (const r of info.rows) {
+      lines.push(pad('  ' + r.label, w[0], true) + pad(fmt(r.ours, r.digits), w[1]) + pad(fmt(r.baseline, r.digits), w[2]) + pad(r.ratio === null ? '-' : r.ratio.toFixed(2) + '×', w[3] + 2))
+    }
+    for (const e of info.errors) lines.push(`  ! ${e}`)
+  }
+  return lines.join('\n')
+}
+
+function describe (scenario) {
+  if (scenario === 'connect') return `${opts.connections} idle authenticated sockets, 1 instance`
+  if (scenario === 'query') return `${opts.queryConnections} sockets × ${opts.inFlight} in flight, original text get, ${opts.durationSeconds} s after 2 s warm-up, 1 instance`
+  return `${opts.users} users × ${opts.subscribers} subscribers = ${opts.users * opts.subscribers} sockets over 2 instances, ${opts.rate} readings/s for ${opts.durationSeconds} s`
+}
+
+// ---------------------------------------------------------------- main
+
+async function main () {
+  if (opts.targets.includes('ours') && !existsSync(path.join(root, 'dist/src/server.js'))) {
+    throw new Error('dist/src/server.js is missing: run `npm run build` (npm run bench does)')
+  }
+  const started = Date.now()
+  const mach = machine()
+  process.stdout.write(`heart-gateway bench — ${mach.cores} cores, ${mach.model}, Node ${mach.node}, Redis ${mach.redis}\n`)
+  process.stdout.write(`pinning: ${mach.pinning}\n`)
+  process.stdout.write(`scenarios: ${opts.scenarios.join(', ')}; ${opts.rounds} round(s) each, targets alternating ${opts.targets.join('/')} (ABBA)\n\n`)
+
+  const redisServer = await startRedis()
+  const redis = { ...redisServer, client: new Redis(redisServer.url) }
+  const runs = {}
+  const errors = {}
+  const profiles = {}
+  const wanted = [opts.profile && 'ours', opts.profileBaseline && 'baseline'].filter((t) => t && opts.targets.includes(t))
+  try {
+    for (const scenario of opts.scenarios) {
+      runs[scenario] = { ours: [], baseline: [] }
+      errors[scenario] = []
+      for (let round = 0; round < opts.rounds; round++) {
+        const order = round % 2 === 0 ? opts.targets : [...opts.targets].reverse()
+        for (const target of order) {
+          process.stdout.write(`${scenario} round ${round + 1}/${opts.rounds}: ${target} … `)
+          const t0 = Date.now()
+          try {
+            const result = await runOne(scenario, target, redis)
+            runs[scenario][target].push(result)
+            process.stdout.write(`${brief(scenario, result)} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+          } catch (err) {
+            runs[scenario][target].push({ error: err.message })
+            errors[scenario].push(`${target} round ${round + 1}: ${err.message.split('\n')[0]}`)
+            process.stdout.write(`FAILED: ${err.message}\n`)
+          }
+        }
+      }
+      if (scenario === 'query') for (const t of wanted) profiles[t] = await profileQuery(redis, t)
+    }
+    if (!opts.scenarios.includes('query')) for (const t of wanted) profiles[t] = await profileQuery(redis, t)
+  } finally {
+    redis.client.disconnect()
+    redis.proc.kill('SIGKILL')
+  }
+
+  const summary = {}
+  for (const scenario of opts.scenarios) {
+    summary[scenario] = { describe: describe(scenario), rows: summarise(scenario, runs[scenario]), errors: errors[scenario] }
+  }
+  const out = table(summary)
+  process.stdout.write('\n' + out + '\n')
+  process.stdout.write(`\nratio = ours / baseline; each figure is the median over ${opts.rounds} round(s) (counts of failures, lost, duplicated: the worst round).\n`)
+  process.stdout.write(`code measured: ${mach.code}\n`)
+  process.stdout.write(`machine: ${mach.cores} cores, ${mach.model}, ${mach.memoryGiB} GiB, Node ${mach.node}, Redis ${mach.redis}, Linux ${mach.kernel}; ${mach.pinning}\n`)
+  for (const [target, profile] of Object.entries(profiles)) {
+    if (profile !== null) process.stdout.write(`\nprofile of ${target} under the query load: ${path.relative(root, profile.file)}\n${profile.text}\n`)
+  }
+
+  const date = new Date().toISOString().slice(0, 10)
+  mkdirSync(resultsDir, { recursive: true })
+  const file = opts.out === undefined ? path.join(resultsDir, `${date}.json`) : path.resolve(opts.out)
+  writeFileSync(file, JSON.stringify({
+    date: new Date().toISOString(),
+    elapsedSeconds: (Date.now() - started) / 1000,
+    machine: mach,
+    options: opts,
+    summary,
+    runs,
+    profiles: Object.fromEntries(Object.entries(profiles).map(([t, p]) => [t, p === null ? null : { file: path.relative(root, p.file), top: p.top, result: p.result }]))
+  }, null, 2) + '\n')
+  process.stdout.write(`\nwritten: ${path.relative(root, file)} (whole run ${((Date.now() - started) / 1000).toFixed(0)} s)\n`)
+}
+
+function brief (scenario, r) {
+  if (scenario === 'connect') return `${r.opened}/${r.connections} open in ${r.openSeconds.toFixed(2)} s, ${r.failures} failed, ${r.rssPerConnectionKiB.toFixed(2)} KiB/socket`
+  if (scenario === 'query') return `${Math.round(r.roundTripsPerSecond)} rt/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, ${r.serverCpuPerRoundTripUs.toFixed(2)} µs CPU/rt`
+  return `${Math.round(r.deliveriesPerSecond)} deliveries/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, lost ${r.lost}, dup ${r.duplicates}, ${r.serverCpuPerDeliveryUs.toFixed(2)} µs CPU/delivery`
+}
+
+/** One extra query run under --cpu-prof; its figures are kept apart from the table's. */
+async function profileQuery (redis, target) {
+  mkdirSync(profileDir, { recursive: true })
+  const before = new Set(readdirSync(profileDir))
+  process.stdout.write(`query, profiled: ${target} under --cpu-prof (not in the table) … `)
+  try {
+    const result = await runOne('query', target, redis, { profile: true })
+    process.stdout.write(`${brief('query', result)}\n`)
+    const fresh = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f))
+      .map((f) => path.join(profileDir, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)
+    if (fresh.length === 0) throw new Error('no .cpuprofile was written')
+    // Only the measured window: start-up, socket opening, warm-up and shutdown stay out.
+    const w = result.window
+    const top = topFunctions(JSON.parse(readFileSync(fresh[0], 'utf8')), 25, [w.startEpochMs - result.spawnedAtEpochMs, w.endEpochMs - result.spawnedAtEpochMs])
+    return { file: fresh[0], top, text: formatTop(top), result }
+  } catch (err) {
+    process.stdout.write(`FAILED: ${err.message}\n`)
+    return null
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${err.stack}\n`)
+  process.exitCode = 1
+})
