@@ -218,7 +218,12 @@ export async function startServer (t: Test, env: Env = {}): Promise<ServerProces
     }
   })
   const started = await Promise.race([ready.then(() => true), exitCode.then(() => false), new Promise((resolve) => setTimeout(() => resolve(false), 15000))])
-  if (started !== true) throw new Error(`server did not start:\n${logs.join('\n')}`)
+  if (started !== true) {
+    // Also here, not only in the teardown: a start-up failure at a file's top level ends the test
+    // process before teardowns run, which would leave the server running.
+    proc.kill('SIGKILL')
+    throw new Error(`server did not start:\n${logs.join('\n')}`)
+  }
   return {
     port,
     url: `http://127.0.0.1:${port}`,
