@@ -14,7 +14,8 @@ const COMMAND_OPTIONS: RedisOptions = {
   enableOfflineQueue: false,
   commandTimeout: COMMAND_TIMEOUT_MS,
   maxRetriesPerRequest: 1,
-  connectionName: 'heart-gateway'
+  connectionName: 'heart-gateway',
+  enableAutoPipelining: true
 }
 
 function hostPorts (list: string): Array<{ host: string, port: number }> {

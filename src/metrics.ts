@@ -6,14 +6,33 @@ export type FrameInType = typeof CLIENT_FRAME_TYPES[number] | 'legacy' | 'invali
 export type FrameOutType = 'reading' | 'reply' | 'error'
 
 /**
+ * A labelled counter counted in plain numbers on the hot path and handed to prom-client only
+ * when Prometheus scrapes (prom-client's own inc costs about 1.5 % of a busy instance's CPU).
+ */
+function tally<L extends string> (registry: Registry, name: string, help: string, label: string, values: readonly L[]): Record<L, number> {
+  const counts = Object.fromEntries(values.map((v) => [v, 0])) as Record<L, number>
+  new Counter({ // eslint-disable-line no-new
+    name,
+    help,
+    labelNames: [label],
+    registers: [registry],
+    collect () {
+      this.reset()
+      for (const v of values) this.labels(v).inc(counts[v])
+    }
+  })
+  return counts
+}
+
+/**
  * What the service reports to Prometheus, one registry per app instance (tests build several).
- * Hot paths call pre-bound children, so counting a frame is an increment, not a label lookup.
+ * Frame counters are plain increments; the histogram is observed once per reading per instance.
  */
 export class Metrics {
   readonly registry = new Registry()
-  private readonly framesIn = new Map<string, Counter.Internal>()
-  private readonly framesOut = new Map<string, Counter.Internal>()
-  private readonly errors = new Map<string, Counter.Internal>()
+  private readonly framesIn: Record<FrameInType, number>
+  private readonly framesOut: Record<FrameOutType, number>
+  private readonly errors: Record<ErrorCode, number>
   private readonly pushLatency: Histogram
   readonly ingestAccepted: Counter
   readonly ingestRejected: Counter<'status'>
@@ -22,12 +41,9 @@ export class Metrics {
   constructor () {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'heart_' })
-    const framesIn = new Counter({ name: 'heart_frames_in_total', help: 'WebSocket frames received, by type', labelNames: ['type'], registers })
-    for (const type of [...CLIENT_FRAME_TYPES, 'legacy', 'invalid']) this.framesIn.set(type, framesIn.labels(type))
-    const framesOut = new Counter({ name: 'heart_frames_out_total', help: 'WebSocket frames sent, by kind: reading (push), reply, error', labelNames: ['type'], registers })
-    for (const type of ['reading', 'reply', 'error']) this.framesOut.set(type, framesOut.labels(type))
-    const errors = new Counter({ name: 'heart_errors_total', help: 'Error frames sent, by code', labelNames: ['code'], registers })
-    for (const code of ERROR_CODES) this.errors.set(code, errors.labels(code))
+    this.framesIn = tally(this.registry, 'heart_frames_in_total', 'WebSocket frames received, by type', 'type', [...CLIENT_FRAME_TYPES, 'legacy', 'invalid'])
+    this.framesOut = tally(this.registry, 'heart_frames_out_total', 'WebSocket frames sent, by kind: reading (push), reply, error', 'type', ['reading', 'reply', 'error'])
+    this.errors = tally(this.registry, 'heart_errors_total', 'Error frames sent, by code', 'code', ERROR_CODES)
     this.pushLatency = new Histogram({
       name: 'heart_push_latency_seconds',
       help: 'From ingest (the history id\'s Redis time) to the reading frame being sent by this instance',
@@ -40,15 +56,15 @@ export class Metrics {
   }
 
   frameIn (type: FrameInType): void {
-    this.framesIn.get(type)?.inc()
+    this.framesIn[type]++
   }
 
   frameOut (type: FrameOutType, n = 1): void {
-    this.framesOut.get(type)?.inc(n)
+    this.framesOut[type] += n
   }
 
   error (code: ErrorCode): void {
-    this.errors.get(code)?.inc()
+    this.errors[code]++
   }
 
   /** `id` is a history id: its milliseconds are Redis's clock at ingest. */

@@ -18,7 +18,7 @@ const readme = await readFile(fileURLToPath(new URL('../README.md', import.meta.
 const SERVER_FRAME_TYPES = [
   currentFrame('u1', null),
   pongFrame(),
-  subscribedFrame('u1', null, false),
+  subscribedFrame('u1', null, null, false),
   readingFrame('u1', { id: '1-0', bpm: 72, ts: 1 }),
   unsubscribedFrame('u1'),
   refreshedFrame(1),

@@ -8,14 +8,14 @@ export interface Watcher {
   readonly userId: string
   /** The owner withdrew this watcher's grant: its subscription to `ownerId` is already gone. */
   revoked (ownerId: string): void
-  /** A live reading frame for `userId`; the watcher may conflate these when it is slow. */
-  push (userId: string, frame: string): void
+  /** A live reading frame for `userId`, encoded once for every watcher; the watcher may conflate these when it is slow. */
+  push (userId: string, frame: Buffer): void
   /** A frame that must not be dropped (replay). */
   send (frame: string): void
 }
 
 interface Held {
-  frame: string
+  frame: Buffer
   id: string | null
 }
 
@@ -34,7 +34,7 @@ export class Subscription {
    * runs on its own connection and can deliver a reading after the replay read it from history,
    * and a fill after the feed resumes can meet what a replay already sent.
    */
-  offer (frame: string, id: string | null): void {
+  offer (frame: Buffer, id: string | null): void {
     if (!this.active) return
     if (this.held !== null) {
       this.held.push({ frame, id })
@@ -174,7 +174,8 @@ export class Hub implements FeedListener {
       topic.lastDelivered = r.id
       if (topic.cursor === null || compareIds(r.id, topic.cursor) > 0) topic.cursor = r.id
     }
-    const frame = readingFrame(userId, r)
+    // Encoded once: every local watcher is sent the same bytes.
+    const frame = Buffer.from(readingFrame(userId, r))
     for (const sub of topic.subs) sub.offer(frame, r.id)
     if (r.id !== null) this.observer?.pushed(r.id)
   }

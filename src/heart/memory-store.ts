@@ -80,6 +80,10 @@ export class MemoryStore implements HeartStore {
     return this.users.get(userId)?.current ?? null
   }
 
+  async currentBpm (userId: string): Promise<number | null> {
+    return this.users.get(userId)?.current?.bpm ?? null
+  }
+
   async snapshot (userId: string): Promise<Snapshot> {
     const data = this.users.get(userId)
     return { current: data?.current ?? null, lastId: data?.history.at(-1)?.id ?? null }

@@ -142,6 +142,6 @@ export function readingFrame (userId: string, r: LiveReading | StoredReading): s
 }
 
 /** The original protocol's answer: the heart rate as a decimal string, `0` when there is none. */
-export function legacyReply (current: Current | null): string {
-  return current === null ? '0' : String(current.bpm)
+export function legacyReply (bpm: number | null): string {
+  return bpm === null ? '0' : String(bpm)
 }

@@ -103,11 +103,17 @@ function parseEntry ([id, fields]: StreamEntry): StoredReading {
   return { id, bpm, ts }
 }
 
+/** A legacy key's value as a bpm; anything that is not a number reads as no value. */
+function parseBpm (value: string | null): number | null {
+  if (value === null || value === '') return null
+  const bpm = Number(value)
+  return Number.isFinite(bpm) ? bpm : null
+}
+
 /** Reads the legacy key and the service's `<ts>:<bpm>` beside it. A value some other writer set has no known time. */
 function parseCurrent (value: string | null, meta: string | null): Current | null {
-  if (value === null) return null
-  const bpm = Number(value)
-  if (value === '' || !Number.isFinite(bpm)) return null
+  const bpm = parseBpm(value)
+  if (bpm === null) return null
   let ts: number | null = null
   if (meta !== null) {
     const sep = meta.indexOf(':')
@@ -260,9 +266,23 @@ export class RedisStore implements HeartStore {
     try {
       return await op()
     } catch (err) {
-      this.onError(err)
-      throw new StoreUnavailableError(err)
+      throw this.unavailable(err)
     }
+  }
+
+  private unavailable (err: unknown): StoreUnavailableError {
+    this.onError(err)
+    return new StoreUnavailableError(err)
+  }
+
+  /** A rejection handler for the hot path, made once. */
+  private readonly failed = (err: unknown): never => {
+    throw this.unavailable(err)
+  }
+
+  /** The original protocol's read, on the hot path: one GET, one promise. */
+  currentBpm (userId: string): Promise<number | null> {
+    return this.redis.get(this.prefix + userId).then(parseBpm, this.failed)
   }
 
   async ping (): Promise<void> {

@@ -31,6 +31,8 @@ export interface SessionDeps {
 }
 
 const OPEN = 1
+/** Frames are text, also when the hub hands over bytes it encoded once for all watchers. */
+const TEXT = { binary: false }
 const LEFT_BRACE = 123
 const DRAIN_POLL_MS = 20
 /** A flood that has gone on this long (rejections in every second of it) closes the socket with 1008. */
@@ -46,7 +48,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 export class HeartSession implements Watcher {
   private readonly subs = new Map<string, Subscription>()
   /** Newest pending reading frame per user while the socket is too slow; null when not conflating. */
-  private conflated: Map<string, string> | null = null
+  private conflated: Map<string, Buffer> | null = null
   private drainTimer: NodeJS.Timeout | null = null
   private expiryTimer: NodeJS.Timeout | null = null
   private exp = 0
@@ -116,7 +118,7 @@ export class HeartSession implements Watcher {
     const text = data.toString()
     if (text.trimStart().charCodeAt(0) !== LEFT_BRACE) {
       this.deps.metrics.frameIn('legacy')
-      void this.run(undefined, () => this.legacyGet(text))
+      this.legacyGet(text)
       return
     }
     let frame: ParsedFrame
@@ -171,12 +173,27 @@ export class HeartSession implements Watcher {
     throw new FrameError('forbidden', `not allowed to read ${ownerId}`, reqId)
   }
 
-  /** The original protocol: the text is a user id, the answer its heart rate or `0`. */
-  private async legacyGet (text: string): Promise<void> {
-    if (!isUserId(text)) throw new FrameError('bad_request', 'a text frame must be a user id (1-64 characters of A-Z a-z 0-9 _ -) or a JSON object')
-    await this.authorize(text)
-    this.reply(legacyReply(await this.deps.store.current(text)))
+  /**
+   * The original protocol: the text is a user id, the answer its heart rate or `0`. The hot path
+   * of the service (mini programs poll with it): reading your own rate is one GET and one promise.
+   */
+  private legacyGet (userId: string): void {
+    if (!isUserId(userId)) {
+      this.error('bad_request', 'a text frame must be a user id (1-64 characters of A-Z a-z 0-9 _ -) or a JSON object')
+      return
+    }
+    if (userId === this.userId) {
+      this.deps.store.currentBpm(userId).then(this.replyBpm, this.failLegacy)
+      return
+    }
+    void this.run(undefined, async () => {
+      await this.authorize(userId)
+      this.replyBpm(await this.deps.store.currentBpm(userId))
+    })
   }
+
+  private readonly replyBpm = (bpm: number | null): void => this.reply(legacyReply(bpm))
+  private readonly failLegacy = (err: unknown): void => this.fail(err, undefined)
 
   private async dispatch (frame: ParsedFrame): Promise<void> {
     const { reqId } = frame
@@ -263,10 +280,10 @@ export class HeartSession implements Watcher {
   }
 
   /** Writes a frame that must not be dropped; closes the socket with 1013 past the hard buffer limit. */
-  private write (frame: string, kind: FrameOutType): void {
+  private write (frame: string | Buffer, kind: FrameOutType): void {
     const ws = this.ws
     if (ws.readyState !== OPEN) return
-    ws.send(frame)
+    ws.send(frame, TEXT)
     this.deps.metrics.frameOut(kind)
     if (ws.bufferedAmount > this.deps.limits.maxBufferedBytes) {
       this.log.warn({ userId: this.userId, buffered: ws.bufferedAmount }, 'closing a socket that does not read what it is sent')
@@ -275,7 +292,7 @@ export class HeartSession implements Watcher {
   }
 
   /** A live reading: sent now, or, while the socket is slow, kept as the newest one for its user. */
-  push (userId: string, frame: string): void {
+  push (userId: string, frame: Buffer): void {
     if (this.conflated !== null) {
       this.conflated.set(userId, frame)
       return

@@ -55,6 +55,8 @@ export interface HeartStore {
   readonly feed: ReadingFeed
   ping (): Promise<void>
   current (userId: string): Promise<Current | null>
+  /** The current bpm alone (the original protocol's answer): one key read on Redis. */
+  currentBpm (userId: string): Promise<number | null>
   snapshot (userId: string): Promise<Snapshot>
   /** Appends to history, moves the current value forward when a reading is newer, publishes: all or nothing. Returns the history ids in order. */
   append (userId: string, readings: NewReading[]): Promise<string[]>
