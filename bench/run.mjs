@@ -19,7 +19,7 @@
  *   --rate=500                       BENCH_RATE        readings/s ingested in push
  *   --targets=ours,baseline          BENCH_TARGETS
  *   --no-pin                         BENCH_NO_PIN=1    do not use taskset
- *   --profile                        BENCH_PROFILE=1   one extra query run of ours under --cpu-prof
+ *   --profile                        BENCH_PROFILE=1   one extra run of ours per scenario under --cpu-prof
  *                                                      (not counted in the table), summarised with bench/top-functions.mjs
  *   --profile-baseline               BENCH_PROFILE_BASELINE=1  the same for the baseline, to compare with
  *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
@@ -480,9 +480,8 @@ async function main () {
           }
         }
       }
-      if (scenario === 'query') for (const t of wanted) profiles[t] = await profileQuery(redis, t)
+      if (scenario !== 'connect') for (const t of wanted) profiles[`${t} (${scenario})`] = await profileScenario(scenario, redis, t)
     }
-    if (!opts.scenarios.includes('query')) for (const t of wanted) profiles[t] = await profileQuery(redis, t)
   } finally {
     redis.client.disconnect()
     redis.proc.kill('SIGKILL')
@@ -498,7 +497,7 @@ async function main () {
   process.stdout.write(`code measured: ${mach.code}\n`)
   process.stdout.write(`machine: ${mach.cores} cores, ${mach.model}, ${mach.memoryGiB} GiB, Node ${mach.node}, Redis ${mach.redis}, Linux ${mach.kernel}; ${mach.pinning}\n`)
   for (const [target, profile] of Object.entries(profiles)) {
-    if (profile !== null) process.stdout.write(`\nprofile of ${target} under the query load: ${path.relative(root, profile.file)}\n${profile.text}\n`)
+    if (profile !== null) process.stdout.write(`\nprofile of ${target}: ${path.relative(root, profile.file)}\n${profile.text}\n`)
   }
 
   const date = new Date().toISOString().slice(0, 10)
@@ -522,20 +521,21 @@ function brief (scenario, r) {
   return `${Math.round(r.deliveriesPerSecond)} deliveries/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, lost ${r.lost}, dup ${r.duplicates}, ${r.serverCpuPerDeliveryUs.toFixed(2)} µs CPU/delivery`
 }
 
-/** One extra query run under --cpu-prof; its figures are kept apart from the table's. */
-async function profileQuery (redis, target) {
+/** One extra run under --cpu-prof; its figures are kept apart from the table's. For push, the newest instance's profile. */
+async function profileScenario (scenario, redis, target) {
   mkdirSync(profileDir, { recursive: true })
   const before = new Set(readdirSync(profileDir))
-  process.stdout.write(`query, profiled: ${target} under --cpu-prof (not in the table) … `)
+  process.stdout.write(`${scenario}, profiled: ${target} under --cpu-prof (not in the table) … `)
   try {
-    const result = await runOne('query', target, redis, { profile: true })
-    process.stdout.write(`${brief('query', result)}\n`)
+    const result = await runOne(scenario, target, redis, { profile: true })
+    process.stdout.write(`${brief(scenario, result)}\n`)
     const fresh = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f))
       .map((f) => path.join(profileDir, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)
     if (fresh.length === 0) throw new Error('no .cpuprofile was written')
     // Only the measured window: start-up, socket opening, warm-up and shutdown stay out.
     const w = result.window
-    const top = topFunctions(JSON.parse(readFileSync(fresh[0], 'utf8')), 25, [w.startEpochMs - result.spawnedAtEpochMs, w.endEpochMs - result.spawnedAtEpochMs])
+    const range = w === undefined ? null : [w.startEpochMs - result.spawnedAtEpochMs, w.endEpochMs - result.spawnedAtEpochMs]
+    const top = topFunctions(JSON.parse(readFileSync(fresh[0], 'utf8')), 25, range)
     return { file: fresh[0], top, text: formatTop(top), result }
   } catch (err) {
     process.stdout.write(`FAILED: ${err.message}\n`)
