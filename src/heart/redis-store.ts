@@ -93,6 +93,9 @@ return { readings, truncated }
 
 type StreamEntry = [id: string, fields: string[]]
 
+/** When a second fill follows the one made as soon as the shard subscribers are back. */
+const SHARD_REFILL_MS = 1000
+
 function parseEntry ([id, fields]: StreamEntry): StoredReading {
   let bpm = NaN
   let ts = NaN
@@ -164,7 +167,7 @@ class RedisFeed implements ReadingFeed {
     const onMessage = (channel: string, message: string): void => this.onMessage(channel, message)
     if (sharded) {
       sub.on('smessage', onMessage)
-      sub.on('subscribersReady', () => { void this.onReady() })
+      sub.on('subscribersReady', () => { void this.onShardsReady() })
     } else {
       sub.on('message', onMessage)
       sub.on('ready', () => { void this.onReady() })
@@ -200,14 +203,25 @@ class RedisFeed implements ReadingFeed {
   private async onReady (): Promise<void> {
     if (this.channels.size === 0) return
     try {
-      // Sharded channels must be subscribed one slot (one user) at a time.
-      if (this.sharded) await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c)))
-      else await this.subscribe([...this.channels.values()].flat())
+      await this.subscribe([...this.channels.values()].flat())
     } catch {
       return // the connection dropped again; the next 'ready' retries
     }
     // Whatever was published before these subscriptions existed is in history: let the hub fill it.
     this.listener?.resumed()
+  }
+
+  /**
+   * ioredis has replaced shard subscriber connections and resubscribes them itself, without
+   * waiting for the answers (and our own SSUBSCRIBE may be refused while the cluster client
+   * refreshes its slots). The hub is told in any case, and once more a moment later: a fill is
+   * idempotent, and the second one covers readings published before the subscriptions were live.
+   */
+  private async onShardsReady (): Promise<void> {
+    if (this.channels.size === 0) return
+    await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c).catch(() => {})))
+    this.listener?.resumed()
+    setTimeout(() => this.listener?.resumed(), SHARD_REFILL_MS).unref()
   }
 
   private onMessage (channel: string, message: string): void {
