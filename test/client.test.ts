@@ -13,7 +13,7 @@ import vm from 'node:vm'
 import { WebSocketServer } from 'ws'
 import type * as HeartClientModule from '../client/heart-client.js'
 import type { HeartClient as HeartClientType, HeartClientOptions, Reading } from '../client/heart-client.js'
-import { RedisServer, eventually, sharedRedis, sleep, startServer, token, uniquePrefix, type ServerProcess } from './helper.js'
+import { RedisServer, eventually, postReading, sharedRedis, sleep, startServer, token, uniquePrefix, within, type ServerProcess } from './helper.js'
 import { WxShim } from './wx-shim.js'
 
 const KEY = 'client-test-key'
@@ -30,38 +30,15 @@ function loadClient (globals: Record<string, unknown> = {}): typeof HeartClientM
 
 const { HeartClient } = loadClient()
 
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 function wsUrl (server: ServerProcess): string {
   return `ws://127.0.0.1:${server.port}/heart/current`
 }
 
-async function postOnce (server: ServerProcess, userId: string, bpm: number): Promise<{ status: number, id?: string }> {
-  try {
-    const res = await fetch(`${server.url}/heart/${userId}/readings`, {
-      method: 'POST',
-      headers: { 'x-api-key': KEY, 'content-type': 'application/json' },
-      body: JSON.stringify({ bpm }),
-      signal: AbortSignal.timeout(3000)
-    })
-    const body = await res.json() as { ids?: string[] }
-    return { status: res.status, id: body.ids?.[0] }
-  } catch {
-    return { status: 0 }
-  }
-}
 
 /** Posts a reading through ingest; returns its history id. */
 async function post (server: ServerProcess, userId: string, bpm: number): Promise<string> {
-  const r = await postOnce(server, userId, bpm)
+  const r = await postReading(server, KEY, userId, bpm, 3000)
   if (r.status !== 202 || r.id === undefined) throw new Error(`ingest answered ${r.status}`)
   return r.id
 }
@@ -198,7 +175,7 @@ t.test('a Redis restart: the socket stays, requests fail with unavailable meanwh
   let recovered: { status: number, id?: string } = { status: 0 }
   const deadline = Date.now() + 10000
   while (Date.now() < deadline && recovered.status !== 202) {
-    recovered = await postOnce(own, 'u1', 72)
+    recovered = await postReading(own, KEY, 'u1', 72, 3000)
     if (recovered.status !== 202) await sleep(50)
   }
   t.equal(recovered.status, 202, 'ingest works again')

@@ -6,7 +6,8 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { createSigner } from 'fast-jwt'
 import tap, { type Test as TapTest } from 'tap'
-import type { WebSocket } from 'ws'
+import type tls from 'node:tls'
+import { WebSocket } from 'ws'
 import app, { type AppOptions } from '../src/app.js'
 import type { Env } from '../plugins/config.js'
 import { loggerOptions } from '../src/logger.js'
@@ -250,5 +251,71 @@ export async function eventually (check: () => boolean | Promise<boolean>, ms = 
     } catch {}
     if (Date.now() > deadline) return false
     await sleep(every)
+  }
+}
+
+/** Resolves as `promise` does, or rejects naming `what` when nothing came within `ms`. */
+export async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** An upgrade answered with an HTTP status instead of 101. */
+export class Refused extends Error {
+  constructor (readonly status: number, readonly body: string, readonly headers: Record<string, unknown> = {}) {
+    super(`upgrade refused with ${status}: ${body.slice(0, 200)}`)
+  }
+}
+
+export interface WsOptions {
+  headers?: Record<string, string>
+  query?: string
+  tls?: tls.ConnectionOptions
+}
+
+const HANDSHAKE_TIMEOUT_MS = 5000
+
+/**
+ * Opens a real WebSocket and resolves once it is open; rejects with Refused when the server
+ * answers the handshake with an HTTP status instead. The socket is terminated when `tt` ends.
+ */
+export async function openWebSocket (tt: { teardown: (fn: () => void) => void }, url: string, opts: WsOptions = {}): Promise<Frames> {
+  const ws = new WebSocket(url + (opts.query ?? ''), { headers: opts.headers, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ...opts.tls })
+  tt.teardown(() => ws.terminate())
+  const frames = new Frames(ws)
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve())
+    ws.once('error', reject)
+    ws.once('unexpected-response', (req, res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { body += chunk })
+      res.on('end', () => {
+        req.destroy()
+        reject(new Refused(res.statusCode ?? 0, body, res.headers))
+      })
+    })
+  })
+  return frames
+}
+
+/** POSTs one reading to a server process; status 0 when the request failed outright. */
+export async function postReading (server: ServerProcess, key: string, userId: string, bpm: number, ms = 5000): Promise<{ status: number, id?: string }> {
+  try {
+    const res = await fetch(`${server.url}/heart/${userId}/readings`, {
+      method: 'POST',
+      headers: { 'x-api-key': key, 'content-type': 'application/json' },
+      body: JSON.stringify({ bpm }),
+      signal: AbortSignal.timeout(ms)
+    })
+    const body = await res.json() as { ids?: string[] }
+    return { status: res.status, id: body.ids?.[0] }
+  } catch {
+    return { status: 0 }
   }
 }

@@ -13,7 +13,7 @@ import fc from 'fast-check'
 import { createHmac } from 'node:crypto'
 import { request } from 'node:http'
 import { WebSocket } from 'ws'
-import { Frames, RedisServer, TEST_SECRET, startServer } from './helper.js'
+import { Frames, RedisServer, Refused, TEST_SECRET, startServer } from './helper.js'
 
 const SEED = 20251126
 const KEY = 'hostile-ingest-key'
@@ -74,11 +74,6 @@ function jwt (header: object, payload: object, secret: string | null = TEST_SECR
 const inAnHour = (): number => Math.floor(Date.now() / 1000) + 3600
 const tokenFor = (sub: string): string => jwt({ alg: 'HS256', typ: 'JWT' }, { sub, exp: inAnHour() })
 
-class Refused extends Error {
-  constructor (readonly status: number, readonly headers: Record<string, unknown>, readonly body: string) {
-    super(`upgrade refused with ${status}: ${body.slice(0, 200)}`)
-  }
-}
 
 /** Opens /heart/current; rejects with Refused when the server answers the handshake with a status. */
 async function connect (headers: Record<string, string>, query = ''): Promise<WebSocket> {
@@ -93,7 +88,7 @@ async function connect (headers: Record<string, string>, query = ''): Promise<We
       res.on('data', (chunk: string) => { body += chunk })
       res.on('end', () => {
         req.destroy()
-        reject(new Refused(res.statusCode ?? 0, res.headers, body))
+        reject(new Refused(res.statusCode ?? 0, body, res.headers))
       })
     })
   })

@@ -11,10 +11,10 @@ import https from 'node:https'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import type tls from 'node:tls'
-import { WebSocket } from 'ws'
 import type { Env } from '../plugins/config.js'
-import { Frames, ROOT, RedisServer, eventually, freePort, startServer, uniquePrefix, type ServerProcess } from './helper.js'
+import { Frames, ROOT, RedisServer, eventually, freePort, openWebSocket, startServer, uniquePrefix, type ServerProcess, type WsOptions } from './helper.js'
+
+export { Refused, openWebSocket, type WsOptions } from './helper.js'
 
 export const HOST = '127.0.0.1'
 /** The certificate's name; the test config's server_name too. */
@@ -63,16 +63,7 @@ function testConfig (conf: string, dir: string, ports: Ports): string {
 
 export interface Answer { status: number, headers: http.IncomingHttpHeaders, body: string }
 
-export class Refused extends Error {
-  constructor (readonly status: number, readonly body: string) {
-    super(`upgrade refused with ${status}: ${body}`)
-  }
-}
 
-export interface WsOptions {
-  headers?: Record<string, string>
-  query?: string
-}
 
 export interface Stack {
   cert: string
@@ -107,26 +98,6 @@ async function waitForPort (port: number, proc: ChildProcess, ms: number): Promi
   if (!ok) throw new Error(`nginx is not listening on ${port}`)
 }
 
-/**
- * Opens a WebSocket and resolves once it is open; rejects with Refused when the server answers
- * the handshake with an HTTP status instead. The socket is terminated when `tt` ends.
- */
-export async function openWebSocket (tt: { teardown: (fn: () => void) => void }, url: string, opts: WsOptions & { tls?: tls.ConnectionOptions } = {}): Promise<Frames> {
-  const ws = new WebSocket(url + (opts.query ?? ''), { headers: opts.headers, handshakeTimeout: TIMEOUT_MS, ...opts.tls })
-  tt.teardown(() => ws.terminate())
-  const frames = new Frames(ws)
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve())
-    ws.once('error', reject)
-    ws.once('unexpected-response', (_req, res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { body += chunk })
-      res.on('end', () => reject(new Refused(res.statusCode ?? 0, body)))
-    })
-  })
-  return frames
-}
 
 /**
  * Starts a private Redis, two compiled instances on it (TRUST_PROXY=loopback, SHUTDOWN_GRACE_MS

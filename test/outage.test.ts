@@ -3,24 +3,10 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import WebSocket from 'ws'
-import { Frames, RedisServer, eventually, sleep, startServer, token, type ServerProcess } from './helper.js'
+import { Frames, RedisServer, eventually, postReading, sleep, startServer, token, type ServerProcess } from './helper.js'
 
 const KEY = 'outage-key'
 
-async function post (server: ServerProcess, userId: string, bpm: number): Promise<{ status: number, id?: string }> {
-  try {
-    const res = await fetch(`${server.url}/heart/${userId}/readings`, {
-      method: 'POST',
-      headers: { 'x-api-key': KEY, 'content-type': 'application/json' },
-      body: JSON.stringify({ bpm }),
-      signal: AbortSignal.timeout(5000)
-    })
-    const body = await res.json() as { ids?: string[] }
-    return { status: res.status, id: body.ids?.[0] }
-  } catch {
-    return { status: 0 }
-  }
-}
 
 async function health (server: ServerProcess): Promise<number> {
   try {
@@ -73,7 +59,7 @@ t.test('a Redis outage: 503s and unavailable frames while it is down, then recov
 
   const accepted: string[] = []
   for (let i = 0; i < 10; i++) {
-    const r = await post(i % 2 === 0 ? a : b, 'u1', 60 + i)
+    const r = await postReading(i % 2 === 0 ? a : b, KEY, 'u1', 60 + i)
     t.equal(r.status, 202)
     accepted.push(r.id as string)
   }
@@ -84,7 +70,7 @@ t.test('a Redis outage: 503s and unavailable frames while it is down, then recov
   const down = Date.now()
   t.ok(await eventually(async () => await health(a) === 503 && await health(b) === 503, 2000), '/health is 503 on both within 2 s')
   t.comment(`health turned 503 after ${Date.now() - down} ms`)
-  t.equal((await post(a, 'u1', 99)).status, 503, 'ingest refuses instead of accepting what it cannot store')
+  t.equal((await postReading(a, KEY, 'u1', 99)).status, 503, 'ingest refuses instead of accepting what it cannot store')
   t.match(await onA.ask({ type: 'get', userId: 'u1', reqId: 'g' }), { type: 'error', code: 'unavailable', reqId: 'g' })
   t.match(await onB.ask('u1'), { type: 'error', code: 'unavailable' }, 'the original protocol gets the error frame too')
   t.match(await idle.ask({ type: 'subscribe', userId: 'u2' }), { type: 'error', code: 'unavailable' }, 'subscribing during the outage fails cleanly')
@@ -101,7 +87,7 @@ t.test('a Redis outage: 503s and unavailable frames while it is down, then recov
   // Post as soon as an instance answers again: its feed connection may still be reconnecting.
   let first: { status: number, id?: string } = { status: 0 }
   while (Date.now() - restarted < 10000) {
-    first = await post(a, 'u1', 80)
+    first = await postReading(a, KEY, 'u1', 80)
     if (first.status === 202) break
     await sleep(20)
   }
@@ -110,7 +96,7 @@ t.test('a Redis outage: 503s and unavailable frames while it is down, then recov
   t.ok(await eventually(async () => await health(a) === 200 && await health(b) === 200, 10000), '/health is 200 again on both within 10 s')
   t.comment(`healthy again ${Date.now() - restarted} ms after the restart`)
   for (let i = 0; i < 10; i++) {
-    const r = await post(i % 2 === 0 ? b : a, 'u1', 81 + i)
+    const r = await postReading(i % 2 === 0 ? b : a, KEY, 'u1', 81 + i)
     t.equal(r.status, 202)
     accepted.push(r.id as string)
   }

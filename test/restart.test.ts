@@ -10,7 +10,7 @@ import http from 'node:http'
 import https from 'node:https'
 import { WebSocket } from 'ws'
 import { compareIds } from '../src/heart/reading.js'
-import { eventually, sleep, token, type ServerProcess } from './helper.js'
+import { eventually, sleep, token, within, type ServerProcess } from './helper.js'
 import { HOST, Refused, openWebSocket, startStack, type Answer } from './nginx-harness.js'
 
 const GRACE_MS = 1500
@@ -26,15 +26,6 @@ const MAX_ATTEMPTS = 20
 const RETRY_MS = 50
 const TIMEOUT_MS = 5000
 
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 const stack = await startStack(t, { INGEST_API_KEYS: API_KEY, SHUTDOWN_GRACE_MS: String(GRACE_MS), TRUST_PROXY: 'loopback' })
 

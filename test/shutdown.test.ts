@@ -6,48 +6,20 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { WebSocket } from 'ws'
-import { Frames, ROOT, TEST_SECRET, eventually, freePort, startServer, token, type ServerProcess } from './helper.js'
+import { Frames, ROOT, Refused, TEST_SECRET, eventually, freePort, openWebSocket, startServer, token, within, type ServerProcess, type WsOptions } from './helper.js'
 
 const GRACE_MS = 1000
 const TIMEOUT_MS = 5000
 
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 async function health (server: ServerProcess): Promise<{ status: number, body: any }> {
   const res = await fetch(`${server.url}/health`, { signal: AbortSignal.timeout(TIMEOUT_MS) })
   return { status: res.status, body: await res.json() }
 }
 
-class Refused extends Error {
-  constructor (readonly status: number, readonly body: string) {
-    super(`upgrade refused with ${status}: ${body}`)
-  }
-}
 
-async function openWs (tt: { teardown: (fn: () => void) => void }, server: ServerProcess, opts: { headers?: Record<string, string>, query?: string } = {}): Promise<Frames> {
-  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/heart/current${opts.query ?? ''}`, { headers: opts.headers, handshakeTimeout: TIMEOUT_MS })
-  tt.teardown(() => ws.terminate())
-  const frames = new Frames(ws)
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve())
-    ws.once('error', reject)
-    ws.once('unexpected-response', (_req, res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { body += chunk })
-      res.on('end', () => reject(new Refused(res.statusCode ?? 0, body)))
-    })
-  })
-  return frames
+function openWs (tt: { teardown: (fn: () => void) => void }, server: ServerProcess, opts: WsOptions = {}): Promise<Frames> {
+  return openWebSocket(tt, `ws://127.0.0.1:${server.port}/heart/current`, opts)
 }
 
 async function drains (t: Parameters<typeof startServer>[0], signal: NodeJS.Signals): Promise<void> {
