@@ -155,6 +155,31 @@ t.test('MAX_CONNECTIONS_PER_USER counts open sockets per user on this instance',
     t.match(await again.ask({ type: 'ping' }), { type: 'pong' }, 'a new socket is accepted')
   })
 
+  t.test('simultaneous upgrades cannot pass the limit together, and refused handshakes give their place back', async (t) => {
+    const app = await build(t, { MAX_CONNECTIONS_PER_USER: '2' })
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    const url = `ws://127.0.0.1:${(app.server.address() as AddressInfo).port}${PATH}`
+    const attempts = Array.from({ length: 6 }, () => {
+      const ws = new WebSocket(url, { headers: bearer('u1') })
+      t.teardown(() => ws.terminate())
+      return new Promise<WebSocket | null>((resolve) => {
+        ws.once('open', () => resolve(ws))
+        ws.once('unexpected-response', () => resolve(null))
+        ws.once('error', () => resolve(null))
+      })
+    })
+    const opened = (await Promise.all(attempts)).filter((ws): ws is WebSocket => ws !== null)
+    t.equal(opened.length, 2, 'exactly the limit got through')
+    for (const ws of opened) ws.terminate()
+    t.ok(await eventually(() => app.websocketServer.clients.size === 0, 2000), 'the server saw them go')
+    const again = Array.from({ length: 2 }, async () => {
+      const ws = new WebSocket(url, { headers: bearer('u1') })
+      t.teardown(() => ws.terminate())
+      await once(ws, 'open')
+    })
+    await t.resolves(Promise.all(again), 'both places are free again: nothing leaked from the refused ones')
+  })
+
   t.test('the count is per instance, not across instances: with the limit reached on instance A, instance B accepts the user', async (t) => {
     const prefix = uniquePrefix()
     const a = await buildWithRedis(t, { MAX_CONNECTIONS_PER_USER: '2', HEART_KEY_PREFIX: prefix })

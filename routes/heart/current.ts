@@ -45,11 +45,29 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
     }
   })
   fastify.addHook('preValidation', fastify.authenticate)
+  /** Takes one of the user's places; the returned function gives it back, once. */
+  function reserve (userId: string): () => void {
+    sockets.set(userId, (sockets.get(userId) ?? 0) + 1)
+    let held = true
+    return () => {
+      if (!held) return
+      held = false
+      const left = (sockets.get(userId) ?? 1) - 1
+      if (left === 0) sockets.delete(userId)
+      else sockets.set(userId, left)
+    }
+  }
+  const releases = new WeakMap<object, () => void>()
+  // The place is taken before the upgrade, so simultaneous upgrades cannot all pass the check, and
+  // given back when the connection closes, whether or not the upgrade went through.
   fastify.addHook('preValidation', async (request, reply) => {
     const { userId } = request.principal!
     if ((sockets.get(userId) ?? 0) >= config.MAX_CONNECTIONS_PER_USER) {
       return reply.code(429).send(refuse(429, 'Too Many Requests', `at most ${config.MAX_CONNECTIONS_PER_USER} open sockets per user`))
     }
+    const release = reserve(userId)
+    releases.set(request.raw, release)
+    request.raw.socket?.once('close', release)
   })
 
   fastify.get('/heart/current', {
@@ -58,14 +76,12 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
   }, (socket, request) => {
     const { userId, exp } = request.principal!
     const log = request.log
-    sockets.set(userId, (sockets.get(userId) ?? 0) + 1)
+    const release = releases.get(request.raw)!
     const session = new HeartSession(socket, userId, exp, deps, log)
     socket.on('message', (data, isBinary) => session.onMessage(data as Buffer, isBinary))
     socket.on('close', (code) => {
       session.onClose()
-      const left = (sockets.get(userId) ?? 1) - 1
-      if (left === 0) sockets.delete(userId)
-      else sockets.set(userId, left)
+      release()
       log.info({ userId, code }, 'socket closed')
     })
     log.info({ userId }, 'socket open')
