@@ -19,6 +19,7 @@ import shares from '../routes/shares.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import { StoreUnavailableError } from './heart/store.js'
+import { redactUrl } from './logger.js'
 
 export type AppOptions = ConfigOptions
 
@@ -49,6 +50,11 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     if (status < 500) return reply.code(status).send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: err.message })
     request.log.error({ err }, 'request failed')
     return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'internal error' })
+  })
+
+  // Fastify's own 404 logs and echoes the raw URL, which may carry ?access_token=.
+  fastify.setNotFoundHandler((request, reply) => {
+    return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `Route ${request.method}:${redactUrl(request.url)} not found` })
   })
 
   await fastify.register(health)

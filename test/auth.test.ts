@@ -218,3 +218,16 @@ t.test('redactUrl replaces only access_token values and keeps the rest of the ur
   t.equal(redactUrl('/x?%61ccess%5Ftoken=abc'), '/x?%61ccess%5Ftoken=[redacted]')
   t.equal(redactUrl('/x?my_access_token_hint=abc'), '/x?my_access_token_hint=abc')
 })
+
+t.test('a token in the URL of an unknown route is redacted from the 404 and the logs', async (t) => {
+  const logs: string[] = []
+  const app = await build(t, {}, { logs })
+  const secret = token('u1')
+  for (const url of [`/heart/current/?access_token=${secret}`, `/nope?x=1&access_token=${secret}`]) {
+    const res = await app.inject(url)
+    t.equal(res.statusCode, 404)
+    t.notMatch(res.body, secret, 'not in the answer')
+    t.match(res.json().message, /access_token=\[redacted\]/)
+  }
+  t.notOk(logs.some((l) => l.includes(secret)), 'not in any log line')
+})

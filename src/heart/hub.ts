@@ -26,6 +26,8 @@ export class Subscription {
   /** Readings that arrived while the watcher was being caught up; null once it is live. */
   held: Held[] | null = []
   active = true
+  /** The grant was withdrawn while this subscription was being set up: it ends once `subscribed` is sent. */
+  revokedEarly = false
 
   constructor (readonly watcher: Watcher, readonly userId: string) {}
 
@@ -121,8 +123,9 @@ export class Hub implements FeedListener {
     try {
       await topic.ready
       const snap = await this.store.snapshot(userId)
-      if (snap.lastId !== null && (topic.cursor === null || compareIds(snap.lastId, topic.cursor) > 0)) topic.cursor = snap.lastId
-      topic.cursor ??= '0-0'
+      // Only a new topic takes its cursor from the snapshot: moving an existing one forward would
+      // skip what its watchers missed if the feed is away right now.
+      topic.cursor ??= snap.lastId ?? '0-0'
       // The client has everything up to `since`: nothing at or before it is sent again, replayed or late from pub/sub.
       if (since !== undefined) sub.lastId = since
       let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
@@ -135,6 +138,11 @@ export class Hub implements FeedListener {
         sub.lastId = page.readings[page.readings.length - 1].id
         page = page.readings.length < HISTORY_PAGE_MAX ? null : await this.store.history(userId, { since: sub.lastId, limit: HISTORY_PAGE_MAX })
         if (!sub.active) return
+      }
+      if (sub.revokedEarly) {
+        this.unsubscribe(sub)
+        watcher.revoked(userId)
+        return
       }
       sub.goLive()
     } catch (err) {
@@ -185,6 +193,10 @@ export class Hub implements FeedListener {
     if (topic === undefined) return
     for (const sub of [...topic.subs]) {
       if (sub.watcher.userId !== viewerId) continue
+      if (sub.held !== null) {
+        sub.revokedEarly = true
+        continue
+      }
       this.unsubscribe(sub)
       sub.watcher.revoked(ownerId)
     }

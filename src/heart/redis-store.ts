@@ -161,7 +161,9 @@ class RedisFeed implements ReadingFeed {
     private readonly sharded: boolean,
     private readonly prefix: string,
     /** Reads a value a legacy writer SET, when keyspace events are on (standalone only). */
-    private readonly legacyRead: ((userId: string) => Promise<LiveReading | null>) | null
+    private readonly legacyRead: ((userId: string) => Promise<LiveReading | null>) | null,
+    /** Told of a (un)subscribe that failed: the next reconnect repairs it, but it should be seen. */
+    private readonly onError: (err: unknown) => void
   ) {
     this.keyspacePrefix = legacyRead === null ? null : `__keyspace@${(sub as Redis).options.db ?? 0}__:${prefix}`
     const onMessage = (channel: string, message: string): void => this.onMessage(channel, message)
@@ -188,7 +190,7 @@ class RedisFeed implements ReadingFeed {
     if (this.keyspacePrefix !== null) channels.push(this.keyspacePrefix + userId)
     this.channels.set(userId, channels)
     // While disconnected the subscription is only remembered; onReady makes it and the hub fills the gap.
-    if (this.sub.status === 'ready') await this.subscribe(channels).catch(() => {})
+    if (this.sub.status === 'ready') await this.subscribe(channels).catch(this.onError)
   }
 
   async unwatch (userId: string): Promise<void> {
@@ -196,8 +198,8 @@ class RedisFeed implements ReadingFeed {
     if (channels === undefined) return
     this.channels.delete(userId)
     if (this.sub.status !== 'ready') return
-    if (this.sharded) await (this.sub as Cluster).sunsubscribe(...channels).catch(() => {})
-    else await this.sub.unsubscribe(...channels).catch(() => {})
+    if (this.sharded) await (this.sub as Cluster).sunsubscribe(...channels).catch(this.onError)
+    else await this.sub.unsubscribe(...channels).catch(this.onError)
   }
 
   private async onReady (): Promise<void> {
@@ -219,7 +221,7 @@ class RedisFeed implements ReadingFeed {
    */
   private async onShardsReady (): Promise<void> {
     if (this.channels.size === 0) return
-    await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c).catch(() => {})))
+    await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c).catch(this.onError)))
     this.listener?.resumed()
     setTimeout(() => this.listener?.resumed(), SHARD_REFILL_MS).unref()
   }
@@ -273,7 +275,7 @@ export class RedisStore implements HeartStore {
     this.cluster = opts.cluster === true
     this.prefix = opts.prefix
     this.historyMax = opts.historyMax
-    this.feed = new RedisFeed(opts.subscriber, this.cluster, opts.prefix, opts.legacyKeyspaceEvents === true && !this.cluster ? (userId) => this.legacyValue(userId) : null)
+    this.feed = new RedisFeed(opts.subscriber, this.cluster, opts.prefix, opts.legacyKeyspaceEvents === true && !this.cluster ? (userId) => this.legacyValue(userId) : null, this.onError)
   }
 
   private async guarded<T> (op: () => Promise<T>): Promise<T> {

@@ -252,16 +252,16 @@ export class HeartSession implements Watcher {
       await this.authorize(userId, reqId)
       if (!sub.active || this.closed) return
       await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r.current, r.lastId, r.truncated, reqId)))
+      // A grant withdrawn while this subscription was being set up may have been announced before
+      // it existed: check once more now that it will hear any later revocation.
+      if (userId !== this.userId && sub.active && !await this.deps.canRead(this.userId, userId)) {
+        this.deps.hub.unsubscribe(sub)
+        if (this.subs.get(userId) === sub) this.revoked(userId)
+      }
     } catch (err) {
       this.deps.hub.unsubscribe(sub)
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
       throw err
-    }
-    // A grant withdrawn while this subscription was being set up may have been announced before
-    // it existed: check once more now that it will hear any later revocation.
-    if (userId !== this.userId && sub.active && !await this.deps.canRead(this.userId, userId)) {
-      this.deps.hub.unsubscribe(sub)
-      if (this.subs.get(userId) === sub) this.revoked(userId)
     }
   }
 
