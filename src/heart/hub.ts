@@ -21,8 +21,12 @@ interface Held {
 
 /** One socket watching one user. */
 export class Subscription {
-  /** Newest history id this watcher has been sent. */
-  lastId: string | null = null
+  /**
+   * Readings up to this history id already reached the watcher (its replay, or `subscribed`):
+   * anything at or before it is dropped. Null once a newer live reading has passed: from then on
+   * the topic's own order (each id delivered once, ascending) is enough, and the check is skipped.
+   */
+  sentThrough: string | null = null
   /** Readings that arrived while the watcher was being caught up; null once it is live. */
   held: Held[] | null = []
   active = true
@@ -42,9 +46,9 @@ export class Subscription {
       this.held.push({ frame, id })
       return
     }
-    if (id !== null) {
-      if (this.lastId !== null && compareIds(id, this.lastId) <= 0) return
-      this.lastId = id
+    if (id !== null && this.sentThrough !== null) {
+      if (compareIds(id, this.sentThrough) <= 0) return
+      this.sentThrough = null
     }
     this.watcher.push(this.userId, frame)
   }
@@ -127,16 +131,16 @@ export class Hub implements FeedListener {
       // skip what its watchers missed if the feed is away right now.
       topic.cursor ??= snap.lastId ?? '0-0'
       // The client has everything up to `since`: nothing at or before it is sent again, replayed or late from pub/sub.
-      if (since !== undefined) sub.lastId = since
+      if (since !== undefined) sub.sentThrough = since
       let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
       if (!sub.active) return
       onSubscribed({ current: snap.current, lastId: snap.lastId, truncated: page?.truncated ?? false })
       // Without a replay, `subscribed` stands for everything up to lastId: only later readings follow.
-      if (since === undefined) sub.lastId = snap.lastId
+      if (since === undefined) sub.sentThrough = snap.lastId
       while (page !== null && page.readings.length > 0) {
         for (const r of page.readings) watcher.send(readingFrame(userId, r))
-        sub.lastId = page.readings[page.readings.length - 1].id
-        page = page.readings.length < HISTORY_PAGE_MAX ? null : await this.store.history(userId, { since: sub.lastId, limit: HISTORY_PAGE_MAX })
+        sub.sentThrough = page.readings[page.readings.length - 1].id
+        page = page.readings.length < HISTORY_PAGE_MAX ? null : await this.store.history(userId, { since: sub.sentThrough, limit: HISTORY_PAGE_MAX })
         if (!sub.active) return
       }
       if (sub.revokedEarly) {
