@@ -27,11 +27,9 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
     const ownerId = request.principal!.userId
     const { viewerId } = request.params
     if (viewerId === ownerId) return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'params/viewerId is yourself: you can always read your own heart rate' })
-    const viewers = await store.viewersOf(ownerId)
-    if (!viewers.includes(viewerId) && viewers.length >= MAX_VIEWERS) {
+    if (!await store.grant(ownerId, viewerId, MAX_VIEWERS)) {
       return reply.code(409).send({ statusCode: 409, error: 'Conflict', message: `at most ${MAX_VIEWERS} viewers; withdraw one first` })
     }
-    await store.grant(ownerId, viewerId)
     return { ownerId, viewerId }
   })
 

@@ -102,7 +102,7 @@ for (const [name, make] of stores) {
 
   t.test(`${name}: an unsubscribe sent right after subscribe cancels it, even while it is being authorized`, async (t) => {
     const app = await make(t)
-    await app.heartStore.grant('owner', 'u1')
+    await app.heartStore.grant('owner', 'u1', 10)
     const frames = await openSocket(app, 'u1')
     frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'owner', reqId: 's' }))
     frames.ws.send(JSON.stringify({ type: 'unsubscribe', userId: 'owner', reqId: 'u' }))

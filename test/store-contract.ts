@@ -247,10 +247,10 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
     t.test('grants: granted, listed both ways, withdrawn', async (t) => {
       const store = await fresh(t)
       t.equal(await store.isGranted('owner', 'v1'), false)
-      await store.grant('owner', 'v2')
-      await store.grant('owner', 'v1')
-      await store.grant('owner', 'v1')
-      await store.grant('other', 'v1')
+      await store.grant('owner', 'v2', 10)
+      await store.grant('owner', 'v1', 10)
+      await store.grant('owner', 'v1', 10)
+      await store.grant('other', 'v1', 10)
       t.equal(await store.isGranted('owner', 'v1'), true)
       t.equal(await store.isGranted('v1', 'owner'), false, 'a grant goes one way')
       t.same(await store.viewersOf('owner'), ['v1', 'v2'])
@@ -263,12 +263,21 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       t.same(await store.viewersOf('nobody'), [])
     })
 
+    t.test('grants stop at the cap, also when they arrive together; granting again is not counted', async (t) => {
+      const store = await fresh(t)
+      const results = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (v) => await store.grant('owner', v, 3)))
+      t.equal(results.filter(Boolean).length, 3, 'three of five simultaneous grants')
+      t.equal((await store.viewersOf('owner')).length, 3)
+      const granted = await store.viewersOf('owner')
+      t.equal(await store.grant('owner', granted[0], 3), true, 'an existing viewer is granted again')
+    })
+
     t.test('a revoke reaches the feed of instances watching the owner', async (t) => {
       const store = await fresh(t)
       const rec = new Recorder()
       store.feed.setListener(rec)
       await store.feed.watch('owner')
-      await store.grant('owner', 'v1')
+      await store.grant('owner', 'v1', 10)
       await store.revoke('owner', 'v1')
       t.ok(await eventually(() => rec.revocations.length === 1, 3000), 'delivered')
       t.same(rec.revocations, [['owner', 'v1']])

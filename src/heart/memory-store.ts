@@ -116,9 +116,12 @@ export class MemoryStore implements HeartStore {
     return { readings, truncated: compareIds(since, data.maxDeletedId) < 0 }
   }
 
-  async grant (ownerId: string, viewerId: string): Promise<void> {
+  async grant (ownerId: string, viewerId: string, maxViewers: number): Promise<boolean> {
+    const viewers = this.viewers.get(ownerId)
+    if (viewers !== undefined && !viewers.has(viewerId) && viewers.size >= maxViewers) return false
     addTo(this.viewers, ownerId, viewerId)
     addTo(this.watching, viewerId, ownerId)
+    return true
   }
 
   async revoke (ownerId: string, viewerId: string): Promise<boolean> {

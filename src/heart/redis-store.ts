@@ -55,6 +55,18 @@ redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
 return ids
 `)
 
+/*
+ * Adds a viewer unless the owner already has the maximum: the check and the write in one step.
+ * The viewer's own `watching` set is a second write (another slot on a cluster): reads go by the
+ * owner's set, so a grant interrupted between the two still reads as granted. KEYS: viewers. ARGV: viewer, max.
+ */
+const GRANT = new LuaScript(`#!lua
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+`)
+
 /* Current value and newest history id, read together. KEYS: current, meta, history. */
 const SNAPSHOT = new LuaScript(`#!lua flags=no-writes
 local v = redis.call('MGET', KEYS[1], KEYS[2])
@@ -358,19 +370,14 @@ export class RedisStore implements HeartStore {
     return { id: null, bpm: current.bpm, ts: Date.now() }
   }
 
-  /*
-   * A grant touches two users' keys, which a cluster keeps in different slots: there the two
-   * writes are made one after the other (a failure between them leaves a one-sided grant, which
-   * reads treat as no grant: isGranted reads the owner's side only).
-   */
-  async grant (ownerId: string, viewerId: string): Promise<void> {
+  async grant (ownerId: string, viewerId: string, maxViewers: number): Promise<boolean> {
     const o = userKeys(this.prefix, ownerId)
     const v = userKeys(this.prefix, viewerId)
-    if (this.cluster) {
-      await this.guarded(async () => { await this.redis.sadd(v.watching, ownerId); await this.redis.sadd(o.viewers, viewerId) })
-      return
-    }
-    await this.guarded(() => this.redis.multi().sadd(o.viewers, viewerId).sadd(v.watching, ownerId).exec())
+    return await this.guarded(async () => {
+      if (await GRANT.run(this.redis, [o.viewers], [viewerId, maxViewers]) !== 1) return false
+      await this.redis.sadd(v.watching, ownerId)
+      return true
+    })
   }
 
   async revoke (ownerId: string, viewerId: string): Promise<boolean> {

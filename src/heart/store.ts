@@ -62,8 +62,12 @@ export interface HeartStore {
   append (userId: string, readings: NewReading[]): Promise<string[]>
   history (userId: string, query: HistoryQuery): Promise<HistoryPage>
 
-  /** Lets `viewerId` read `ownerId`'s heart rate. */
-  grant (ownerId: string, viewerId: string): Promise<void>
+  /**
+   * Lets `viewerId` read `ownerId`'s heart rate, unless the owner already has `maxViewers` others:
+   * the check and the write are one step, so simultaneous grants cannot pass the cap. Granting
+   * again is harmless. False when the cap refused it.
+   */
+  grant (ownerId: string, viewerId: string, maxViewers: number): Promise<boolean>
   /** Withdraws a grant and tells every instance (the feed's `revoked`); false when there was none. */
   revoke (ownerId: string, viewerId: string): Promise<boolean>
   isGranted (ownerId: string, viewerId: string): Promise<boolean>
