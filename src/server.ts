@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
@@ -39,6 +40,13 @@ async function main (): Promise<void> {
     process.exit(1)
   }
 
+  // Every TCP connection, upgraded ones included (Node's closeAllConnections skips those).
+  const sockets = new Set<Socket>()
+  fastify.server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+
   let stopping = false
   const stop = async (signal: string): Promise<void> => {
     if (stopping) {
@@ -57,9 +65,9 @@ async function main (): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, grace))
     try {
       // close() waits for requests in flight, but also for connections that never carried one
-      // (browsers open them ahead of use), which Node does not count as idle: those are cut once
-      // the requests in flight have had their time.
-      const cut = setTimeout(() => fastify.server.closeAllConnections(), IN_FLIGHT_MS)
+      // (browsers open them ahead of use) and for any socket still open: every connection is cut
+      // once the requests in flight have had their time.
+      const cut = setTimeout(() => { for (const socket of sockets) socket.destroy() }, IN_FLIGHT_MS)
       await fastify.close()
       clearTimeout(cut)
       fastify.log.info('shut down')

@@ -229,7 +229,8 @@ t.test('SIGTERM on one of two instances behind nginx: drain, 1001, reconnect wit
   const inFlightId = (JSON.parse(finished.body) as { ids?: string[] }).ids?.[0]
   t.type(inFlightId, 'string')
 
-  t.equal(await within(victim.exitCode, GRACE_MS + TIMEOUT_MS, 'the victim exiting'), 0, 'the victim exits 0')
+  // Requests in flight get 3 s after the drain; a loaded machine (CI runs two test files at once) may add seconds.
+  t.equal(await within(victim.exitCode, 3000 + 2 * TIMEOUT_MS, 'the victim exiting'), 0, 'the victim exits 0')
 
   const results = await within(stream, 15000, 'the stream of readings')
   const retried = results.filter((r) => r.statuses.length > 1)
