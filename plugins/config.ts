@@ -24,8 +24,8 @@ export const configSchema = {
     MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 64, maximum: 1048576, default: 4096 },
     PING_INTERVAL_MS: { type: 'integer', minimum: 50, maximum: 3600000, default: 25000 },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, maximum: 600000, default: 10000 },
-    // true, false, or a comma list of proxy addresses, CIDR ranges, or loopback/linklocal/uniquelocal.
-    TRUST_PROXY: { type: 'string', pattern: '^(true|false|([0-9A-Fa-f.:/]+|loopback|linklocal|uniquelocal)(,([0-9A-Fa-f.:/]+|loopback|linklocal|uniquelocal))*)$', default: 'false' },
+    // true, false, or a comma list of proxy addresses, CIDR ranges, or loopback/linklocal/uniquelocal (checkTrustProxy).
+    TRUST_PROXY: { type: 'string', default: 'false' },
     INGEST_API_KEYS: { type: 'string', separator: ',', default: '' },
     HISTORY_MAX: { type: 'integer', minimum: 1, maximum: 10000000, default: 10000 },
     MAX_SUBSCRIPTIONS_PER_CONNECTION: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },

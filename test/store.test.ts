@@ -35,14 +35,20 @@ async function redisStore (t: Test, server: RedisServer, historyMax: number, pre
 
 storeContract(t, 'redis', async (t, { historyMax }) => await redisStore(t, await sharedRedis(), historyMax))
 
+/** A Redis store with a prefix of its own, and a raw client to look at what it wrote. */
+async function fixture (t: Test): Promise<{ prefix: string, store: RedisStore, probe: Redis }> {
+  const server = await sharedRedis()
+  const prefix = uniquePrefix()
+  const store = await redisStore(t, server, 100, prefix)
+  t.teardown(() => store.close())
+  const probe = server.client()
+  t.teardown(() => probe.disconnect())
+  return { prefix, store, probe }
+}
+
 t.test('redis store specifics', async (t) => {
   t.test('PUBSUB NUMSUB of a user\'s channel is 1 while watched and 0 after unwatch', async (t) => {
-    const server = await sharedRedis()
-    const prefix = uniquePrefix()
-    const store = await redisStore(t, server, 100, prefix)
-    t.teardown(() => store.close())
-    const probe = server.client()
-    t.teardown(() => probe.disconnect())
+    const { prefix, store, probe } = await fixture(t)
     const channel = userKeys(prefix, 'u1').channel
     const numsub = async (): Promise<number> => Number(((await probe.pubsub('NUMSUB', channel)) as unknown[])[1])
     t.equal(await numsub(), 0, 'before watch')
@@ -53,12 +59,7 @@ t.test('redis store specifics', async (t) => {
   })
 
   t.test('readings follow the documented layout: the decimal at <prefix><userId>, history in a stream', async (t) => {
-    const server = await sharedRedis()
-    const prefix = uniquePrefix()
-    const store = await redisStore(t, server, 100, prefix)
-    t.teardown(() => store.close())
-    const probe = server.client()
-    t.teardown(() => probe.disconnect())
+    const { prefix, store, probe } = await fixture(t)
     const keys = userKeys(prefix, 'u1')
     const ids = await store.append('u1', [{ bpm: 72, ts: 1764115200000 }, { bpm: 75, ts: 1764115201000 }])
     t.equal(await probe.get(`${prefix}u1`), '75')
