@@ -219,7 +219,7 @@ for (const { store, build: builder } of builders) {
     t.same(boundary.readings, kept.slice(0, 2), 'since the newest trimmed reading: the oldest kept ones follow')
     if (store === 'Redis') {
       // Redis does not record which ids trimming removed, so this one case is reported truncated
-      // although nothing is missing (documented in src/heart/redis-store.ts): erring that way is safe.
+      // although nothing is missing (documented in src/heart/redis-scripts.ts): erring that way is safe.
       t.equal(boundary.truncated, true)
     } else {
       t.equal(boundary.truncated, undefined, 'the embedded store knows nothing is missing')

@@ -19,17 +19,14 @@ async function ready (client: Redis): Promise<void> {
   if (client.status !== 'ready') await once(client, 'ready')
 }
 
-/** A Redis store on `server` with a prefix of its own; the caller closes the store, this closes the command connection. */
+/** A Redis store on `server` with a prefix of its own; the caller closes the store (and its feed connection), this closes the command connection. */
 async function redisStore (t: Test, server: RedisServer, historyMax: number, prefix = uniquePrefix()): Promise<RedisStore> {
   const redis = connection(server)
-  // The store owns the subscriber; made before it is ready, as plugins/store.ts does.
-  const subscriber = connection(server)
   redis.on('error', () => {})
-  subscriber.on('error', () => {})
   t.teardown(() => redis.disconnect())
-  const store = new RedisStore({ redis, subscriber, prefix, historyMax })
+  // Opened before the command connection is ready: the feed duplicates it into a connection of its own.
+  const store = await RedisStore.open({ redis, prefix, historyMax })
   await ready(redis)
-  await ready(subscriber)
   return store
 }
 
@@ -110,5 +107,42 @@ t.test('redis store specifics', async (t) => {
     t.ok(await eventually(() => rec.resumes >= 1, 15000), 'the feed reports it resumed')
     const [id] = await store.append('u1', [{ bpm: 62, ts: 3 }])
     t.same((await rec.waitFor('u1', 2))[1], { id, bpm: 62, ts: 3 }, 'and delivers again without a new watch')
+  })
+
+  t.test('the feed has a connection of its own, which closing the store closes', async (t) => {
+    const server = await sharedRedis()
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const feeds = async (): Promise<number> => (await probe.client('LIST') as string).split('\n').filter((l) => l.includes(' name=heart-gateway-feed ')).length
+    const before = await feeds()
+    const store = await redisStore(t, server, 100)
+    t.equal(await feeds(), before + 1, 'open')
+    await store.close()
+    t.ok(await eventually(async () => await feeds() === before, 3000), 'closed')
+  })
+
+  t.test('malformed messages on a watched user\'s channel are dropped with a warning, and the feed keeps delivering', async (t) => {
+    const server = await sharedRedis()
+    const redis = connection(server)
+    redis.on('error', () => {})
+    t.teardown(() => redis.disconnect())
+    const warnings: string[] = []
+    const log = { debug () {}, info () {}, error () {}, warn (obj: object | string, msg?: string) { warnings.push(msg ?? String(obj)) } }
+    const prefix = uniquePrefix()
+    const store = await RedisStore.open({ redis, prefix, historyMax: 100, log })
+    t.teardown(() => store.close())
+    await ready(redis)
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const rec = new Recorder()
+    store.feed.setListener(rec)
+    await store.feed.watch('u1')
+    const channel = userKeys(prefix, 'u1').channel
+    const malformed = ['not json', 'null', '5', '{}', '{"revoked":5}', '[null]', '[{"id":7,"bpm":60,"ts":1}]', '[{"id":"1-0\\"","bpm":60,"ts":1}]', '[{"id":"1-0","bpm":"60","ts":1}]']
+    for (const m of malformed) await probe.publish(channel, m)
+    const [id] = await store.append('u1', [{ bpm: 61, ts: 2 }])
+    t.same(await rec.waitFor('u1', 1), [{ id, bpm: 61, ts: 2 }], 'only the appended reading is delivered')
+    t.same(rec.revocations, [])
+    t.equal(warnings.length, malformed.length, 'one warning per dropped message')
   })
 })

@@ -1,5 +1,6 @@
+import { MemoryFeed } from './memory-feed.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
-import type { FeedListener, HeartStore, HistoryPage, HistoryQuery, ReadingFeed, Snapshot } from './store.js'
+import type { HeartStore, HistoryPage, HistoryQuery, Snapshot } from './store.js'
 
 interface UserData {
   current: Current | null
@@ -8,39 +9,10 @@ interface UserData {
   maxDeletedId: string
 }
 
-/** The live feed of one process: delivery is asynchronous, as it is through Redis pub/sub. */
-class MemoryFeed implements ReadingFeed {
-  private listener: FeedListener | null = null
-  readonly watched = new Set<string>()
-
-  setListener (listener: FeedListener): void {
-    this.listener = listener
-  }
-
-  async watch (userId: string): Promise<void> {
-    this.watched.add(userId)
-  }
-
-  async unwatch (userId: string): Promise<void> {
-    this.watched.delete(userId)
-  }
-
-  publish (userId: string, readings: StoredReading[]): void {
-    if (!this.watched.has(userId)) return
-    queueMicrotask(() => {
-      for (const r of readings) this.listener?.reading(userId, r)
-    })
-  }
-
-  publishRevoked (ownerId: string, viewerId: string): void {
-    if (!this.watched.has(ownerId)) return
-    queueMicrotask(() => this.listener?.revoked(ownerId, viewerId))
-  }
-}
-
 /**
  * The embedded store: everything in this process, for one instance and for trying the service
- * without Redis. Same contract as the Redis store, nothing survives a restart.
+ * without Redis. Same contract as the Redis store, nothing survives a restart; its live side
+ * is in memory-feed.ts, as the Redis store's is in redis-feed.ts.
  */
 export class MemoryStore implements HeartStore {
   readonly kind = 'memory'

@@ -1,0 +1,103 @@
+/*
+ * The Lua scripts of the Redis store: the steps that must read and write in one go. Each runs
+ * on one user's keys, which share a slot (redis-keys.ts), so they work on a cluster too.
+ */
+import { createHash } from 'node:crypto'
+import type { Cluster, Redis } from 'ioredis'
+
+/** A Lua script run by its SHA, loaded again when Redis has forgotten it (after a restart). */
+class LuaScript {
+  private readonly sha: string
+  constructor (private readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex')
+  }
+
+  async run (redis: Redis | Cluster, keys: string[], args: Array<string | number>): Promise<unknown> {
+    try {
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
+      return await redis.eval(this.source, keys.length, ...keys, ...args)
+    }
+  }
+}
+
+/*
+ * Ingest, all or nothing: types are checked before the first write (Redis does not roll a
+ * script back), and the shebang makes Redis refuse the whole script up front when it is out of memory.
+ * It publishes the new readings as the JSON array the feed reads (redis-feed.ts).
+ * KEYS: current, meta, history. ARGV: history max, publish command, channel, then bpm, ts pairs.
+ */
+export const INGEST = new LuaScript(`#!lua
+local function kind (key) return redis.call('TYPE', key)['ok'] end
+local k1, k2, k3 = kind(KEYS[1]), kind(KEYS[2]), kind(KEYS[3])
+if (k1 ~= 'none' and k1 ~= 'string') or (k2 ~= 'none' and k2 ~= 'string') or (k3 ~= 'none' and k3 ~= 'stream') then
+  return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
+end
+local meta = redis.call('GET', KEYS[2])
+local newest = -1
+if meta then newest = tonumber(string.match(meta, '^(%d+)')) or -1 end
+local ids, msgs, newTs, newBpm = {}, {}, nil, nil
+for i = 4, #ARGV, 2 do
+  local bpm, ts = ARGV[i], ARGV[i + 1]
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'bpm', bpm, 'ts', ts)
+  ids[#ids + 1] = id
+  msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
+  local t = tonumber(ts)
+  if t > newest then newest, newTs, newBpm = t, ts, bpm end
+end
+if newBpm then
+  redis.call('SET', KEYS[1], newBpm)
+  redis.call('SET', KEYS[2], newTs .. ':' .. newBpm)
+end
+redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
+return ids
+`)
+
+/*
+ * Adds a viewer unless the owner already has the maximum: the check and the write in one step.
+ * The viewer's own `watching` set is a second write (another slot on a cluster): reads go by the
+ * owner's set, so a grant interrupted between the two still reads as granted. KEYS: viewers. ARGV: viewer, max.
+ */
+export const GRANT = new LuaScript(`#!lua
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+`)
+
+/* Current value and newest history id, read together. KEYS: current, meta, history. */
+export const SNAPSHOT = new LuaScript(`#!lua flags=no-writes
+local v = redis.call('MGET', KEYS[1], KEYS[2])
+local last = false
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local e = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  if e[1] then last = e[1][1] end
+end
+return { v[1], v[2], last }
+`)
+
+/*
+ * Readings after an id, and whether any after it may have been trimmed: the stream has lost
+ * entries (entries-added > length) and `since` is older than the oldest entry kept. (Redis does
+ * not record which ids trimming removed, so a client whose `since` was exactly the newest trimmed
+ * entry is told `truncated` although it missed nothing.) KEYS: history. ARGV: since, count.
+ */
+export const HISTORY_SINCE = new LuaScript(`#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then return { {}, 0 } end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local len, added, first = 0, 0, nil
+for i = 1, #info, 2 do
+  if info[i] == 'length' then len = info[i + 1]
+  elseif info[i] == 'entries-added' then added = info[i + 1]
+  elseif info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+end
+local readings = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local truncated = 0
+if added > len and first then
+  local fms, fseq = string.match(first, '^(%d+)-(%d+)$')
+  local sms, sseq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  if tonumber(sms) < tonumber(fms) or (tonumber(sms) == tonumber(fms) and tonumber(sseq) < tonumber(fseq)) then truncated = 1 end
+end
+return { readings, truncated }
+`)
