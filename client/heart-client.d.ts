@@ -28,10 +28,34 @@ export interface SubscribeResult {
  * client's own: `timeout`, `disconnected` (the socket went before the answer came),
  * `not_connected` (idle: not started, or the app is hidden), `closed`, `cancelled` (unsubscribed
  * while a subscribe was pending), `token_expired` (reported to onError when a 4001 cannot be
- * handled because there is no onTokenExpired).
+ * handled because there is no onTokenExpired), `refused` (reported to onError when the server
+ * answered the handshake with an HTTP status retrying cannot fix; the client then closes).
  */
 export interface HeartClientError extends Error {
   code: string
+  /** `refused` only: the HTTP status and body of the refusal. */
+  status?: number
+  body?: string
+}
+
+/** Options of subscribe(). */
+export interface SubscribeOptions {
+  /** Start after this history id (the newest reading the app already has). Only for a new subscription. */
+  since?: string | null
+}
+
+/** How a socket ended, passed to onDisconnect. */
+export interface DisconnectInfo {
+  /** The close code; 1006 when the connection failed or was given up without one. */
+  code: number
+  reason: string
+  /** Whether this socket had opened: false means a connection attempt failed. */
+  opened: boolean
+  /** When the client connects again; null when it does not (it closes: see onError). */
+  retryInMs: number | null
+  /** A refused handshake, where the platform reports it (the ws adapter does): its HTTP status and body. */
+  status?: number
+  body?: string
 }
 
 /** The part of a mini program's `SocketTask` the client uses. */
@@ -39,7 +63,8 @@ export interface SocketTaskLike {
   onOpen (listener: (res: unknown) => void): void
   onMessage (listener: (res: { data: string | ArrayBuffer }) => void): void
   onClose (listener: (res: { code: number, reason: string }) => void): void
-  onError (listener: (res: { errMsg: string }) => void): void
+  /** `statusCode` and `body`: a refused handshake, from platforms that see it (ws-adapter.js over Node's `ws`). */
+  onError (listener: (res: { errMsg: string, statusCode?: number, body?: string }) => void): void
   send (opts: { data: string, success?: (res: unknown) => void, fail?: (res: { errMsg: string }) => void }): void
   close (opts: { code?: number, reason?: string, success?: (res: unknown) => void, fail?: (res: { errMsg: string }) => void }): void
 }
@@ -71,6 +96,8 @@ export interface HeartClientOptions {
   onRevoked?: (userId: string) => void
   /** A subscription was renewed after a reconnect (`truncated`: readings were lost past history's length). */
   onResubscribed?: (userId: string, result: SubscribeResult) => void
+  /** A socket ended without close() (the server closed it, the network went, an attempt failed). */
+  onDisconnect?: (info: DisconnectInfo) => void
   /** Errors nobody awaits: error frames without a request, failures of the app's own callbacks, of onTokenExpired. */
   onError?: (err: HeartClientError | Error) => void
   /** An application-level ping this often while open. Default 20000. */
@@ -91,7 +118,7 @@ export declare class HeartClient {
   /** Ends everything: pending promises reject with `closed`, subscriptions are forgotten. */
   close (): void
   /** Readings of `userId`, across reconnects, each once and in order. */
-  subscribe (userId: string, onReading: (reading: Reading) => void): Promise<SubscribeResult>
+  subscribe (userId: string, onReading: (reading: Reading) => void, options?: SubscribeOptions): Promise<SubscribeResult>
   /** No reading of `userId` is delivered after this call. */
   unsubscribe (userId: string): Promise<void>
   /** The current value; both fields null when there is none. */

@@ -4,672 +4,728 @@
  * Plain ES2017 in CommonJS form, so a mini program can `require` it without a build step: no
  * Node APIs, no `window`, no ES module syntax, no async/await (older tool chains transpile it
  * badly), no `?.`/`??`/object spread. Everything it needs from the platform comes from `wx`
- * (`connectSocket`, and `onAppHide`/`onAppShow` when present) and the timer functions.
+ * (`connectSocket`, and `onAppHide`/`onAppShow` when present) and the timer functions. The same
+ * file is a browser script too (the demo page, as `self.heartClient`); outside a mini program,
+ * ws-adapter.js makes a `wx` out of a WebSocket class (the browser's, or Node's `ws`).
  *
  * Protocol: docs/protocol.md. Types: heart-client.d.ts. Usage: README.md next to this file.
  */
-'use strict'
+// CommonJS where there is a `module` (mini programs, Node), else a global (a browser <script>).
+;(function (root, factory) {
+  if (typeof module === 'object' && module !== null && module.exports) module.exports = factory()
+  else root.heartClient = factory()
+})(typeof self !== 'undefined' ? self : this, function () {
+  'use strict'
 
-/** Close codes the server uses (src/heart/protocol.ts). */
-var CloseCode = {
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  ABNORMAL: 1006,
-  POLICY: 1008,
-  TOO_BIG: 1009,
-  INTERNAL: 1011,
-  TRY_AGAIN_LATER: 1013,
-  TOKEN_EXPIRED: 4001
-}
+  /** Close codes the server uses (src/heart/protocol.ts). */
+  var CloseCode = {
+    NORMAL: 1000,
+    GOING_AWAY: 1001,
+    ABNORMAL: 1006,
+    POLICY: 1008,
+    TOO_BIG: 1009,
+    INTERNAL: 1011,
+    TRY_AGAIN_LATER: 1013,
+    TOKEN_EXPIRED: 4001
+  }
 
-/** Error codes the server answers a resubscription with that are worth trying again on the same socket. */
-var TRANSIENT_ERRORS = { unavailable: true, internal: true, rate_limited: true }
+  /** Error codes the server answers a resubscription with that are worth trying again on the same socket. */
+  var TRANSIENT_ERRORS = { unavailable: true, internal: true, rate_limited: true }
 
-/** A close with code 1013 waits at least this many initial backoffs. */
-var TRY_AGAIN_LATER_FACTOR = 8
+  /** A close with code 1013 waits at least this many initial backoffs. */
+  var TRY_AGAIN_LATER_FACTOR = 8
 
-function clientError (code, message) {
-  // Not a subclass: Error subclasses break `instanceof` once a tool chain transpiles classes to ES5.
-  var err = new Error(message)
-  err.name = 'HeartClientError'
-  err.code = code
-  return err
-}
+  /**
+   * HTTP statuses of a refused handshake worth trying again (rate limit, a proxy without a live
+   * instance behind it); any other refusal is final. Only adapters that see the status report it
+   * (ws-adapter.js over Node's `ws`); mini programs and browsers do not.
+   */
+  var RETRY_STATUSES = { 429: true, 502: true, 503: true, 504: true }
 
-function positive (value, fallback) {
-  return typeof value === 'number' && value > 0 && isFinite(value) ? value : fallback
-}
+  /** A history id, as `since` takes it. */
+  var HISTORY_ID = /^[0-9]{1,20}-[0-9]{1,20}$/
 
-/** Orders two history ids (`<ms>-<seq>`, decimal without leading zeros) exactly, without BigInt. */
-function compareIds (a, b) {
-  var da = a.indexOf('-')
-  var db = b.indexOf('-')
-  return compareDigits(a.slice(0, da), b.slice(0, db)) || compareDigits(a.slice(da + 1), b.slice(db + 1))
-}
+  function clientError (code, message) {
+    // Not a subclass: Error subclasses break `instanceof` once a tool chain transpiles classes to ES5.
+    var err = new Error(message)
+    err.name = 'HeartClientError'
+    err.code = code
+    return err
+  }
 
-function compareDigits (a, b) {
-  if (a.length !== b.length) return a.length < b.length ? -1 : 1
-  return a < b ? -1 : a > b ? 1 : 0
-}
+  function positive (value, fallback) {
+    return typeof value === 'number' && value > 0 && isFinite(value) ? value : fallback
+  }
 
-var BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  /** Orders two history ids (`<ms>-<seq>`, decimal without leading zeros) exactly, without BigInt. */
+  function compareIds (a, b) {
+    var da = a.indexOf('-')
+    var db = b.indexOf('-')
+    return compareDigits(a.slice(0, da), b.slice(0, db)) || compareDigits(a.slice(da + 1), b.slice(db + 1))
+  }
 
-/** The `exp` claim of a JWT (seconds), or null when the token cannot be read (no atob in mini programs). */
-function tokenExp (token) {
-  var part = token.split('.')[1]
-  if (part === undefined) return null
-  var text = ''
-  var bits = 0
-  var acc = 0
-  for (var i = 0; i < part.length; i++) {
-    var v = BASE64URL.indexOf(part.charAt(i))
-    if (v === -1) break
-    acc = (acc << 6) | v
-    bits += 6
-    if (bits >= 8) {
-      bits -= 8
-      text += String.fromCharCode((acc >> bits) & 0xff)
+  function compareDigits (a, b) {
+    if (a.length !== b.length) return a.length < b.length ? -1 : 1
+    return a < b ? -1 : a > b ? 1 : 0
+  }
+
+  var BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+  /** The `exp` claim of a JWT (seconds), or null when the token cannot be read (no atob in mini programs). */
+  function tokenExp (token) {
+    var part = token.split('.')[1]
+    if (part === undefined) return null
+    var text = ''
+    var bits = 0
+    var acc = 0
+    for (var i = 0; i < part.length; i++) {
+      var v = BASE64URL.indexOf(part.charAt(i))
+      if (v === -1) break
+      acc = (acc << 6) | v
+      bits += 6
+      if (bits >= 8) {
+        bits -= 8
+        text += String.fromCharCode((acc >> bits) & 0xff)
+      }
+    }
+    try {
+      var exp = JSON.parse(text).exp
+      return typeof exp === 'number' ? exp : null
+    } catch (err) {
+      return null
     }
   }
-  try {
-    var exp = JSON.parse(text).exp
-    return typeof exp === 'number' ? exp : null
-  } catch (err) {
-    return null
-  }
-}
 
-function noop () {}
+  function noop () {}
 
-/**
- * One logical connection to heart-gateway that survives restarts, outages, token expiry and the
- * app going to the background. State: 'idle' (not started, or stopped while the app is hidden),
- * 'connecting' (first connection), 'open', 'reconnecting' (waiting to retry, or retrying), 'closed'.
- */
-class HeartClient {
-  constructor (options) {
-    if (options === null || typeof options !== 'object') throw new TypeError('HeartClient: options are required')
-    if (typeof options.url !== 'string' || options.url === '') throw new TypeError('HeartClient: url is required')
-    if (typeof options.token !== 'string' || options.token === '') throw new TypeError('HeartClient: token is required')
-    var api = options.wx || (typeof wx !== 'undefined' ? wx : null) // eslint-disable-line no-undef
-    if (api === null || typeof api.connectSocket !== 'function') {
-      throw new TypeError('HeartClient: no wx.connectSocket: outside a mini program, pass options.wx')
+  /**
+   * One logical connection to heart-gateway that survives restarts, outages, token expiry and the
+   * app going to the background. State: 'idle' (not started, or stopped while the app is hidden),
+   * 'connecting' (first connection), 'open', 'reconnecting' (waiting to retry, or retrying), 'closed'.
+   */
+  class HeartClient {
+    constructor (options) {
+      if (options === null || typeof options !== 'object') throw new TypeError('HeartClient: options are required')
+      if (typeof options.url !== 'string' || options.url === '') throw new TypeError('HeartClient: url is required')
+      if (typeof options.token !== 'string' || options.token === '') throw new TypeError('HeartClient: token is required')
+      var api = options.wx || (typeof wx !== 'undefined' ? wx : null) // eslint-disable-line no-undef
+      if (api === null || typeof api.connectSocket !== 'function') {
+        throw new TypeError('HeartClient: no wx.connectSocket: outside a mini program, pass options.wx')
+      }
+      this._wx = api
+      this._url = options.url
+      this._token = options.token
+      this._onTokenExpired = typeof options.onTokenExpired === 'function' ? options.onTokenExpired : null
+      this._onStateChange = options.onStateChange || noop
+      this._onRevoked = options.onRevoked || noop
+      this._onResubscribed = options.onResubscribed || noop
+      this._onError = options.onError || noop
+      this._onDisconnect = options.onDisconnect || noop
+      this._pingIntervalMs = positive(options.pingIntervalMs, 20000)
+      this._deadAfterMs = positive(options.deadAfterMs, 45000)
+      this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
+      var backoff = options.backoff || {}
+      this._initialMs = positive(backoff.initialMs, 500)
+      this._maxMs = Math.max(this._initialMs, positive(backoff.maxMs, 30000))
+
+      this._state = 'idle'
+      /** connect() was called and close() was not: losses are repaired, app show resumes. */
+      this._started = false
+      this._hidden = false
+      /** Bumped whenever a socket is given up: callbacks of older sockets are ignored. */
+      this._gen = 0
+      this._task = null
+      /** The current socket opened (a loss before that is a failed connection attempt). */
+      this._taskOpened = false
+      /** The server said the token expired (4001): get a new one before connecting again. */
+      this._tokenStale = false
+      /** Connection attempts that failed in a row (reset by the first frame a connection receives). */
+      this._failures = 0
+      this._reconnectTimer = null
+      this._pingTimer = null
+      this._deadTimer = null
+      this._appHooks = null
+      /** userId → subscription (see subscribe()). */
+      this._subs = new Map()
+      /** reqId → request waiting for its reply. */
+      this._requests = new Map()
+      /** reqId of an answered subscribe → its subscription, on the current socket (a replay can still fail). */
+      this._answered = new Map()
+      this._nextReqId = 1
     }
-    this._wx = api
-    this._url = options.url
-    this._token = options.token
-    this._onTokenExpired = typeof options.onTokenExpired === 'function' ? options.onTokenExpired : null
-    this._onStateChange = options.onStateChange || noop
-    this._onRevoked = options.onRevoked || noop
-    this._onResubscribed = options.onResubscribed || noop
-    this._onError = options.onError || noop
-    this._pingIntervalMs = positive(options.pingIntervalMs, 20000)
-    this._deadAfterMs = positive(options.deadAfterMs, 45000)
-    this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
-    var backoff = options.backoff || {}
-    this._initialMs = positive(backoff.initialMs, 500)
-    this._maxMs = Math.max(this._initialMs, positive(backoff.maxMs, 30000))
 
-    this._state = 'idle'
-    /** connect() was called and close() was not: losses are repaired, app show resumes. */
-    this._started = false
-    this._hidden = false
-    /** Bumped whenever a socket is given up: callbacks of older sockets are ignored. */
-    this._gen = 0
-    this._task = null
-    /** The server said the token expired (4001): get a new one before connecting again. */
-    this._tokenStale = false
-    /** Connection attempts that failed in a row (reset by the first frame a connection receives). */
-    this._failures = 0
-    this._reconnectTimer = null
-    this._pingTimer = null
-    this._deadTimer = null
-    this._appHooks = null
-    /** userId → subscription (see subscribe()). */
-    this._subs = new Map()
-    /** reqId → request waiting for its reply. */
-    this._requests = new Map()
-    /** reqId of an answered subscribe → its subscription, on the current socket (a replay can still fail). */
-    this._answered = new Map()
-    this._nextReqId = 1
-  }
+    get state () {
+      return this._state
+    }
 
-  get state () {
-    return this._state
-  }
+    /** Starts connecting (and keeps the connection up until close()). */
+    connect () {
+      if (this._started && !this._hidden) return
+      this._started = true
+      this._hidden = false
+      this._registerAppHooks()
+      this._failures = 0
+      this._dial(this._state === 'idle' || this._state === 'closed' ? 'connecting' : 'reconnecting')
+    }
 
-  /** Starts connecting (and keeps the connection up until close()). */
-  connect () {
-    if (this._started && !this._hidden) return
-    this._started = true
-    this._hidden = false
-    this._registerAppHooks()
-    this._failures = 0
-    this._dial(this._state === 'idle' || this._state === 'closed' ? 'connecting' : 'reconnecting')
-  }
+    /** Closes for good: rejects what is pending, forgets subscriptions, stops following the app's visibility. */
+    close () {
+      if (this._state === 'closed') return
+      this._started = false
+      this._hidden = false
+      this._unregisterAppHooks()
+      var err = clientError('closed', 'the client was closed')
+      var requests = this._requests
+      var subs = this._subs
+      this._requests = new Map()
+      this._subs = new Map()
+      this._dropSocket('client closed')
+      var self = this
+      requests.forEach(function (req) {
+        clearTimeout(req.timer)
+        if (req.sub === undefined) req.reject(err)
+      })
+      subs.forEach(function (sub) {
+        clearTimeout(sub.retryTimer)
+        self._rejectWaiters(sub, err)
+      })
+      this._setState('closed')
+    }
 
-  /** Closes for good: rejects what is pending, forgets subscriptions, stops following the app's visibility. */
-  close () {
-    if (this._state === 'closed') return
-    this._started = false
-    this._hidden = false
-    this._unregisterAppHooks()
-    var err = clientError('closed', 'the client was closed')
-    var requests = this._requests
-    var subs = this._subs
-    this._requests = new Map()
-    this._subs = new Map()
-    this._dropSocket('client closed')
-    var self = this
-    requests.forEach(function (req) {
-      clearTimeout(req.timer)
-      if (req.sub === undefined) req.reject(err)
-    })
-    subs.forEach(function (sub) {
+    /**
+     * Delivers `userId`'s readings to `onReading`, across reconnects, in order, each once. Resolves
+     * with the reply to the first subscribe frame; rejects (and leaves no subscription) on an error.
+     * `options.since` (a history id) starts after that reading, e.g. the newest one the app
+     * already has; it counts only for a new subscription.
+     */
+    subscribe (userId, onReading, options) {
+      if (typeof onReading !== 'function') return Promise.reject(new TypeError('HeartClient: subscribe needs an onReading function'))
+      var since = options ? options.since : undefined
+      if (since !== undefined && since !== null && !(typeof since === 'string' && HISTORY_ID.test(since))) {
+        return Promise.reject(new TypeError('HeartClient: since must be a history id like 1764115200000-0'))
+      }
+      if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
+      var self = this
+      var sub = this._subs.get(userId)
+      if (sub === undefined) {
+        sub = { userId: userId, onReading: onReading, lastId: since || null, confirmed: false, reqId: null, waiters: [], retryTimer: null }
+        this._subs.set(userId, sub)
+      }
+      sub.onReading = onReading
+      return new Promise(function (resolve, reject) {
+        var waiter = { resolve: resolve, reject: reject, timer: null }
+        waiter.timer = setTimeout(function () {
+          var i = sub.waiters.indexOf(waiter)
+          if (i === -1) return
+          sub.waiters.splice(i, 1)
+          reject(clientError('timeout', 'no answer to subscribe within ' + self._requestTimeoutMs + ' ms'))
+          if (!sub.confirmed && sub.waiters.length === 0 && self._subs.get(userId) === sub) self._cancelSub(sub)
+        }, self._requestTimeoutMs)
+        sub.waiters.push(waiter)
+        if (self._state === 'open' && sub.reqId === null) self._sendSubscribe(sub)
+      })
+    }
+
+    /** Stops the readings of `userId` at once (none is delivered after this call). */
+    unsubscribe (userId) {
+      var sub = this._subs.get(userId)
+      if (sub === undefined) return Promise.resolve()
+      this._subs.delete(userId)
       clearTimeout(sub.retryTimer)
-      self._rejectWaiters(sub, err)
-    })
-    this._setState('closed')
-  }
-
-  /**
-   * Delivers `userId`'s readings to `onReading`, across reconnects, in order, each once. Resolves
-   * with the reply to the first subscribe frame; rejects (and leaves no subscription) on an error.
-   */
-  subscribe (userId, onReading) {
-    if (typeof onReading !== 'function') return Promise.reject(new TypeError('HeartClient: subscribe needs an onReading function'))
-    if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
-    var self = this
-    var sub = this._subs.get(userId)
-    if (sub === undefined) {
-      sub = { userId: userId, onReading: onReading, lastId: null, confirmed: false, reqId: null, waiters: [], retryTimer: null }
-      this._subs.set(userId, sub)
+      this._rejectWaiters(sub, clientError('cancelled', 'unsubscribed before the subscription was confirmed'))
+      // A closed socket has no subscriptions on the server: nothing to tell it.
+      if (this._state !== 'open') return Promise.resolve()
+      return this._request({ type: 'unsubscribe', userId: userId }).then(noop)
     }
-    sub.onReading = onReading
-    return new Promise(function (resolve, reject) {
-      var waiter = { resolve: resolve, reject: reject, timer: null }
-      waiter.timer = setTimeout(function () {
-        var i = sub.waiters.indexOf(waiter)
-        if (i === -1) return
-        sub.waiters.splice(i, 1)
-        reject(clientError('timeout', 'no answer to subscribe within ' + self._requestTimeoutMs + ' ms'))
-        if (!sub.confirmed && sub.waiters.length === 0 && self._subs.get(userId) === sub) self._cancelSub(sub)
-      }, self._requestTimeoutMs)
-      sub.waiters.push(waiter)
-      if (self._state === 'open' && sub.reqId === null) self._sendSubscribe(sub)
-    })
-  }
 
-  /** Stops the readings of `userId` at once (none is delivered after this call). */
-  unsubscribe (userId) {
-    var sub = this._subs.get(userId)
-    if (sub === undefined) return Promise.resolve()
-    this._subs.delete(userId)
-    clearTimeout(sub.retryTimer)
-    this._rejectWaiters(sub, clientError('cancelled', 'unsubscribed before the subscription was confirmed'))
-    // A closed socket has no subscriptions on the server: nothing to tell it.
-    if (this._state !== 'open') return Promise.resolve()
-    return this._request({ type: 'unsubscribe', userId: userId }).then(noop)
-  }
-
-  /** The current heart rate of `userId`: `{ bpm, ts }`, both null when there is none. */
-  get (userId) {
-    return this._request({ type: 'get', userId: userId }).then(function (frame) {
-      return { bpm: frame.bpm, ts: frame.ts }
-    })
-  }
-
-  /**
-   * Moves the expiry of the open socket to the new token's and keeps the token for later
-   * reconnects. A token the server refuses is not kept.
-   */
-  refresh (token) {
-    if (typeof token !== 'string' || token === '') return Promise.reject(new TypeError('HeartClient: refresh needs a token'))
-    var previous = this._token
-    this._token = token
-    this._tokenStale = false
-    var self = this
-    return this._request({ type: 'refresh', token: token }).then(function (frame) {
-      return { exp: frame.exp }
-    }, function (err) {
-      if (err.code === 'unauthorized' && self._token === token) self._token = previous
-      throw err
-    })
-  }
-
-  // ---- requests ----
-
-  /** Sends a frame with a reqId and settles with its reply; queued while (re)connecting. */
-  _request (frame) {
-    var self = this
-    if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
-    if (this._state === 'idle') {
-      return Promise.reject(clientError('not_connected', 'not connected: call connect() (or wait for the app to show)'))
+    /** The current heart rate of `userId`: `{ bpm, ts }`, both null when there is none. */
+    get (userId) {
+      return this._request({ type: 'get', userId: userId }).then(function (frame) {
+        return { bpm: frame.bpm, ts: frame.ts }
+      })
     }
-    return new Promise(function (resolve, reject) {
-      var reqId = self._nextReqId++
-      frame.reqId = reqId
-      var req = { frame: frame, resolve: resolve, reject: reject, sent: false, timer: null }
+
+    /**
+     * Moves the expiry of the open socket to the new token's and keeps the token for later
+     * reconnects. A token the server refuses is not kept.
+     */
+    refresh (token) {
+      if (typeof token !== 'string' || token === '') return Promise.reject(new TypeError('HeartClient: refresh needs a token'))
+      var previous = this._token
+      this._token = token
+      this._tokenStale = false
+      var self = this
+      return this._request({ type: 'refresh', token: token }).then(function (frame) {
+        return { exp: frame.exp }
+      }, function (err) {
+        if (err.code === 'unauthorized' && self._token === token) self._token = previous
+        throw err
+      })
+    }
+
+    // ---- requests ----
+
+    /** Sends a frame with a reqId and settles with its reply; queued while (re)connecting. */
+    _request (frame) {
+      var self = this
+      if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
+      if (this._state === 'idle') {
+        return Promise.reject(clientError('not_connected', 'not connected: call connect() (or wait for the app to show)'))
+      }
+      return new Promise(function (resolve, reject) {
+        var reqId = self._nextReqId++
+        frame.reqId = reqId
+        var req = { frame: frame, resolve: resolve, reject: reject, sent: false, timer: null }
+        req.timer = setTimeout(function () {
+          if (self._requests.get(reqId) !== req) return
+          self._requests.delete(reqId)
+          reject(clientError('timeout', 'no answer to ' + frame.type + ' within ' + self._requestTimeoutMs + ' ms'))
+        }, self._requestTimeoutMs)
+        self._requests.set(reqId, req)
+        if (self._state === 'open') self._sendRequest(req)
+      })
+    }
+
+    _sendRequest (req) {
+      req.sent = true
+      this._send(req.frame)
+    }
+
+    _sendSubscribe (sub) {
+      var reqId = this._nextReqId++
+      sub.reqId = reqId
+      var frame = { type: 'subscribe', userId: sub.userId, reqId: reqId }
+      if (sub.lastId !== null) frame.since = sub.lastId
+      var self = this
+      // A resubscription has no caller waiting on a timer of its own: this one tries it again.
+      var req = { frame: frame, sub: sub, sent: true, timer: null }
       req.timer = setTimeout(function () {
         if (self._requests.get(reqId) !== req) return
         self._requests.delete(reqId)
-        reject(clientError('timeout', 'no answer to ' + frame.type + ' within ' + self._requestTimeoutMs + ' ms'))
-      }, self._requestTimeoutMs)
-      self._requests.set(reqId, req)
-      if (self._state === 'open') self._sendRequest(req)
-    })
-  }
-
-  _sendRequest (req) {
-    req.sent = true
-    this._send(req.frame)
-  }
-
-  _sendSubscribe (sub) {
-    var reqId = this._nextReqId++
-    sub.reqId = reqId
-    var frame = { type: 'subscribe', userId: sub.userId, reqId: reqId }
-    if (sub.lastId !== null) frame.since = sub.lastId
-    var self = this
-    // A resubscription has no caller waiting on a timer of its own: this one tries it again.
-    var req = { frame: frame, sub: sub, sent: true, timer: null }
-    req.timer = setTimeout(function () {
-      if (self._requests.get(reqId) !== req) return
-      self._requests.delete(reqId)
-      if (sub.reqId === reqId) sub.reqId = null
-      if (self._subs.get(sub.userId) === sub && self._state === 'open') self._sendSubscribe(sub)
-    }, this._requestTimeoutMs)
-    this._requests.set(reqId, req)
-    this._send(frame)
-  }
-
-  _rejectWaiters (sub, err) {
-    var waiters = sub.waiters
-    sub.waiters = []
-    for (var i = 0; i < waiters.length; i++) {
-      clearTimeout(waiters[i].timer)
-      waiters[i].reject(err)
+        if (sub.reqId === reqId) sub.reqId = null
+        if (self._subs.get(sub.userId) === sub && self._state === 'open') self._sendSubscribe(sub)
+      }, this._requestTimeoutMs)
+      this._requests.set(reqId, req)
+      this._send(frame)
     }
-  }
 
-  /** Forgets a subscription the server may still hold (its subscribe went unanswered). */
-  _cancelSub (sub) {
-    this._subs.delete(sub.userId)
-    clearTimeout(sub.retryTimer)
-    if (this._state === 'open') this._send({ type: 'unsubscribe', userId: sub.userId })
-  }
+    _rejectWaiters (sub, err) {
+      var waiters = sub.waiters
+      sub.waiters = []
+      for (var i = 0; i < waiters.length; i++) {
+        clearTimeout(waiters[i].timer)
+        waiters[i].reject(err)
+      }
+    }
 
-  // ---- frames ----
+    /** Forgets a subscription the server may still hold (its subscribe went unanswered). */
+    _cancelSub (sub) {
+      this._subs.delete(sub.userId)
+      clearTimeout(sub.retryTimer)
+      if (this._state === 'open') this._send({ type: 'unsubscribe', userId: sub.userId })
+    }
 
-  _send (frame) {
-    var task = this._task
-    if (task === null) return
-    try {
-      task.send({ data: JSON.stringify(frame), fail: noop })
-    } catch (err) {
-      // A task that throws is on its way out: its close (or the dead-connection timer) follows.
-    }
-  }
+    // ---- frames ----
 
-  _onFrame (data) {
-    this._armDeadTimer()
-    if (typeof data !== 'string' || data.charAt(0) !== '{') return
-    var frame
-    try {
-      frame = JSON.parse(data)
-    } catch (err) {
-      return
-    }
-    // The server answers: connection attempts are no longer failing.
-    this._failures = 0
-    switch (frame.type) {
-      case 'reading':
-        this._deliver(frame)
-        return
-      case 'revoked':
-        this._revoked(frame.userId)
-        return
-      case 'error':
-        this._onErrorFrame(frame)
-        return
-      default:
-        this._onReply(frame)
-    }
-  }
-
-  _deliver (frame) {
-    var sub = this._subs.get(frame.userId)
-    if (sub === undefined) return
-    if (typeof frame.id === 'string') {
-      // Replays after a reconnect may overlap what was already delivered.
-      if (sub.lastId !== null && compareIds(frame.id, sub.lastId) <= 0) return
-      sub.lastId = frame.id
-    }
-    try {
-      sub.onReading({ userId: frame.userId, id: frame.id, bpm: frame.bpm, ts: frame.ts })
-    } catch (err) {
-      this._report(err)
-    }
-  }
-
-  _revoked (userId) {
-    var sub = this._subs.get(userId)
-    if (sub === undefined) return
-    this._subs.delete(userId)
-    clearTimeout(sub.retryTimer)
-    this._rejectWaiters(sub, clientError('forbidden', 'access to ' + userId + ' was withdrawn'))
-    try {
-      this._onRevoked(userId)
-    } catch (err) {
-      this._report(err)
-    }
-  }
-
-  _onReply (frame) {
-    if (frame.reqId === undefined) return
-    var req = this._requests.get(frame.reqId)
-    if (req === undefined) return
-    this._requests.delete(frame.reqId)
-    clearTimeout(req.timer)
-    if (req.sub === undefined) {
-      req.resolve(frame)
-      return
-    }
-    var sub = req.sub
-    if (sub.reqId === frame.reqId) sub.reqId = null
-    if (this._subs.get(sub.userId) !== sub || frame.type !== 'subscribed') return
-    this._answered.set(frame.reqId, sub)
-    // With no reading seen yet, resume from where the subscription started.
-    if (sub.lastId === null && typeof frame.lastId === 'string') sub.lastId = frame.lastId
-    var result = { current: frame.current }
-    if (frame.truncated === true) result.truncated = true
-    var wasConfirmed = sub.confirmed
-    sub.confirmed = true
-    var waiters = sub.waiters
-    sub.waiters = []
-    for (var i = 0; i < waiters.length; i++) {
-      clearTimeout(waiters[i].timer)
-      waiters[i].resolve(result)
-    }
-    if (wasConfirmed && waiters.length === 0) {
+    _send (frame) {
+      var task = this._task
+      if (task === null) return
       try {
-        this._onResubscribed(sub.userId, result)
+        task.send({ data: JSON.stringify(frame), fail: noop })
+      } catch (err) {
+        // A task that throws is on its way out: its close (or the dead-connection timer) follows.
+      }
+    }
+
+    _onFrame (data) {
+      this._armDeadTimer()
+      if (typeof data !== 'string' || data.charAt(0) !== '{') return
+      var frame
+      try {
+        frame = JSON.parse(data)
+      } catch (err) {
+        return
+      }
+      // The server answers: connection attempts are no longer failing.
+      this._failures = 0
+      switch (frame.type) {
+        case 'reading':
+          this._deliver(frame)
+          return
+        case 'revoked':
+          this._revoked(frame.userId)
+          return
+        case 'error':
+          this._onErrorFrame(frame)
+          return
+        default:
+          this._onReply(frame)
+      }
+    }
+
+    _deliver (frame) {
+      var sub = this._subs.get(frame.userId)
+      if (sub === undefined) return
+      if (typeof frame.id === 'string') {
+        // Replays after a reconnect may overlap what was already delivered.
+        if (sub.lastId !== null && compareIds(frame.id, sub.lastId) <= 0) return
+        sub.lastId = frame.id
+      }
+      try {
+        sub.onReading({ userId: frame.userId, id: frame.id, bpm: frame.bpm, ts: frame.ts })
       } catch (err) {
         this._report(err)
       }
     }
-  }
 
-  _onErrorFrame (frame) {
-    var err = clientError(frame.code, frame.message)
-    var req = frame.reqId === undefined ? undefined : this._requests.get(frame.reqId)
-    if (req !== undefined) {
+    _revoked (userId) {
+      var sub = this._subs.get(userId)
+      if (sub === undefined) return
+      this._subs.delete(userId)
+      clearTimeout(sub.retryTimer)
+      this._rejectWaiters(sub, clientError('forbidden', 'access to ' + userId + ' was withdrawn'))
+      try {
+        this._onRevoked(userId)
+      } catch (err) {
+        this._report(err)
+      }
+    }
+
+    _onReply (frame) {
+      if (frame.reqId === undefined) return
+      var req = this._requests.get(frame.reqId)
+      if (req === undefined) return
       this._requests.delete(frame.reqId)
       clearTimeout(req.timer)
       if (req.sub === undefined) {
-        req.reject(err)
+        req.resolve(frame)
         return
       }
-      if (req.sub.reqId === frame.reqId) req.sub.reqId = null
-      this._subscribeFailed(req.sub, err)
-      return
+      var sub = req.sub
+      if (sub.reqId === frame.reqId) sub.reqId = null
+      if (this._subs.get(sub.userId) !== sub || frame.type !== 'subscribed') return
+      this._answered.set(frame.reqId, sub)
+      // With no reading seen yet, resume from where the subscription started.
+      if (sub.lastId === null && typeof frame.lastId === 'string') sub.lastId = frame.lastId
+      var result = { current: frame.current }
+      if (frame.truncated === true) result.truncated = true
+      var wasConfirmed = sub.confirmed
+      sub.confirmed = true
+      var waiters = sub.waiters
+      sub.waiters = []
+      for (var i = 0; i < waiters.length; i++) {
+        clearTimeout(waiters[i].timer)
+        waiters[i].resolve(result)
+      }
+      if (wasConfirmed && waiters.length === 0) {
+        try {
+          this._onResubscribed(sub.userId, result)
+        } catch (err) {
+          this._report(err)
+        }
+      }
     }
-    // An error after `subscribed`: the store failed during the replay and the server dropped the subscription.
-    var sub = frame.reqId === undefined ? undefined : this._answered.get(frame.reqId)
-    if (sub !== undefined) {
-      this._answered.delete(frame.reqId)
-      this._subscribeFailed(sub, err)
-      return
-    }
-    this._report(err)
-  }
 
-  /** The server refused or dropped a subscription: retry what a retry can fix, give up the rest. */
-  _subscribeFailed (sub, err) {
-    if (this._subs.get(sub.userId) !== sub) return
-    if (sub.confirmed && TRANSIENT_ERRORS[err.code] === true) {
-      // A resubscription during a store outage: keep the subscription and try again shortly.
-      var self = this
-      clearTimeout(sub.retryTimer)
-      sub.retryTimer = setTimeout(function () {
-        sub.retryTimer = null
-        if (self._subs.get(sub.userId) === sub && self._state === 'open' && sub.reqId === null) self._sendSubscribe(sub)
-      }, this._backoffDelay(this._failures + 1))
-      return
-    }
-    if (sub.confirmed && err.code === 'forbidden') {
-      // The owner withdrew access while this client was away.
-      this._revoked(sub.userId)
-      return
-    }
-    this._subs.delete(sub.userId)
-    clearTimeout(sub.retryTimer)
-    this._rejectWaiters(sub, err)
-    if (sub.confirmed) this._report(err)
-  }
-
-  _report (err) {
-    try {
-      this._onError(err)
-    } catch (ignored) {
-      // The application's error hook failed: nothing sensible is left to tell.
-    }
-  }
-
-  // ---- the connection ----
-
-  _setState (state) {
-    if (state === this._state) return
-    var previous = this._state
-    this._state = state
-    try {
-      this._onStateChange(state, previous)
-    } catch (err) {
+    _onErrorFrame (frame) {
+      var err = clientError(frame.code, frame.message)
+      var req = frame.reqId === undefined ? undefined : this._requests.get(frame.reqId)
+      if (req !== undefined) {
+        this._requests.delete(frame.reqId)
+        clearTimeout(req.timer)
+        if (req.sub === undefined) {
+          req.reject(err)
+          return
+        }
+        if (req.sub.reqId === frame.reqId) req.sub.reqId = null
+        this._subscribeFailed(req.sub, err)
+        return
+      }
+      // An error after `subscribed`: the store failed during the replay and the server dropped the subscription.
+      var sub = frame.reqId === undefined ? undefined : this._answered.get(frame.reqId)
+      if (sub !== undefined) {
+        this._answered.delete(frame.reqId)
+        this._subscribeFailed(sub, err)
+        return
+      }
       this._report(err)
     }
-  }
 
-  /** Opens a socket, first getting a new token when the current one has expired. */
-  _dial (state) {
-    clearTimeout(this._reconnectTimer)
-    this._reconnectTimer = null
-    this._setState(state)
-    var gen = ++this._gen
-    var self = this
-    var exp = tokenExp(this._token)
-    var expired = this._tokenStale || (exp !== null && exp * 1000 <= Date.now())
-    if (!expired) {
-      this._openSocket(gen)
-      return
+    /** The server refused or dropped a subscription: retry what a retry can fix, give up the rest. */
+    _subscribeFailed (sub, err) {
+      if (this._subs.get(sub.userId) !== sub) return
+      if (sub.confirmed && TRANSIENT_ERRORS[err.code] === true) {
+        // A resubscription during a store outage: keep the subscription and try again shortly.
+        var self = this
+        clearTimeout(sub.retryTimer)
+        sub.retryTimer = setTimeout(function () {
+          sub.retryTimer = null
+          if (self._subs.get(sub.userId) === sub && self._state === 'open' && sub.reqId === null) self._sendSubscribe(sub)
+        }, this._backoffDelay(this._failures + 1))
+        return
+      }
+      if (sub.confirmed && err.code === 'forbidden') {
+        // The owner withdrew access while this client was away.
+        this._revoked(sub.userId)
+        return
+      }
+      this._subs.delete(sub.userId)
+      clearTimeout(sub.retryTimer)
+      this._rejectWaiters(sub, err)
+      if (sub.confirmed) this._report(err)
     }
-    if (this._onTokenExpired === null) {
-      if (this._tokenStale) {
-        this._report(clientError('token_expired', 'the token expired and there is no onTokenExpired to renew it'))
+
+    _report (err) {
+      try {
+        this._onError(err)
+      } catch (ignored) {
+        // The application's error hook failed: nothing sensible is left to tell.
+      }
+    }
+
+    // ---- the connection ----
+
+    _setState (state) {
+      if (state === this._state) return
+      var previous = this._state
+      this._state = state
+      try {
+        this._onStateChange(state, previous)
+      } catch (err) {
+        this._report(err)
+      }
+    }
+
+    /** Opens a socket, first getting a new token when the current one has expired. */
+    _dial (state) {
+      clearTimeout(this._reconnectTimer)
+      this._reconnectTimer = null
+      this._setState(state)
+      var gen = ++this._gen
+      var self = this
+      var exp = tokenExp(this._token)
+      var expired = this._tokenStale || (exp !== null && exp * 1000 <= Date.now())
+      if (!expired) {
+        this._openSocket(gen)
+        return
+      }
+      if (this._onTokenExpired === null) {
+        // Only the client's clock says so: let the server decide.
+        this._openSocket(gen)
+        return
+      }
+      Promise.resolve().then(function () { return self._onTokenExpired() }).then(function (token) {
+        if (typeof token !== 'string' || token === '') throw new TypeError('onTokenExpired must resolve with a token')
+        // Kept even if the client stopped meanwhile (app hidden): the next connection uses it.
+        self._token = token
+        self._tokenStale = false
+        if (gen !== self._gen) return
+        // Used even if it looks expired too: a wrong device clock must not loop here.
+        self._openSocket(gen)
+      }).catch(function (err) {
+        if (gen !== self._gen) return
+        self._report(err)
+        self._lost(gen, CloseCode.ABNORMAL, 'could not renew the token', false)
+      })
+    }
+
+    _openSocket (gen) {
+      var self = this
+      var task
+      try {
+        task = this._wx.connectSocket({
+          url: this._url,
+          header: { Authorization: 'Bearer ' + this._token },
+          fail: function (res) { self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true) }
+        })
+      } catch (err) {
+        this._lost(gen, CloseCode.ABNORMAL, err && err.message, false)
+        return
+      }
+      if (gen !== this._gen) {
+        // connectSocket failed synchronously (fail already ran): this task is not ours any more.
+        if (task) this._closeTask(task, 'superseded')
+        return
+      }
+      this._task = task
+      this._taskOpened = false
+      task.onOpen(function () {
+        if (gen === self._gen) self._opened()
+      })
+      task.onMessage(function (res) {
+        if (gen === self._gen) self._onFrame(res.data)
+      })
+      task.onClose(function (res) {
+        self._lost(gen, res.code, res.reason, false)
+      })
+      // WeChat follows a failed connection with onClose on most platforms, not all: treat it as the end.
+      task.onError(function (res) {
+        var refusal = res && typeof res.statusCode === 'number' ? { status: res.statusCode, body: typeof res.body === 'string' ? res.body : '' } : null
+        self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true, refusal)
+      })
+      // Also bounds the handshake: a connection that never opens is given up like a dead one.
+      this._armDeadTimer()
+    }
+
+    _opened () {
+      this._taskOpened = true
+      this._setState('open')
+      var self = this
+      this._pingTimer = setInterval(function () { self._send({ type: 'ping' }) }, this._pingIntervalMs)
+      this._armDeadTimer()
+      // Not twice: onStateChange('open') above may have subscribed already.
+      this._subs.forEach(function (sub) { if (sub.reqId === null) self._sendSubscribe(sub) })
+      this._requests.forEach(function (req) { if (!req.sent) self._sendRequest(req) })
+    }
+
+    /** Restarts the timer that declares the connection dead when nothing arrives. */
+    _armDeadTimer () {
+      clearTimeout(this._deadTimer)
+      var self = this
+      var gen = this._gen
+      this._deadTimer = setTimeout(function () {
+        self._lost(gen, CloseCode.ABNORMAL, 'nothing received for ' + self._deadAfterMs + ' ms', true)
+      }, this._deadAfterMs)
+    }
+
+    _closeTask (task, reason) {
+      try {
+        // Mini programs (like browsers) may only close with 1000 or 3000-4999.
+        task.close({ code: CloseCode.NORMAL, reason: reason.slice(0, 100), fail: noop })
+      } catch (err) {
+        // Already closed or closing.
+      }
+    }
+
+    /** Gives up the current socket (if any) and everything that was waiting on it. */
+    _dropSocket (reason) {
+      this._gen++
+      clearTimeout(this._reconnectTimer)
+      clearInterval(this._pingTimer)
+      clearTimeout(this._deadTimer)
+      this._reconnectTimer = this._pingTimer = this._deadTimer = null
+      var task = this._task
+      this._task = null
+      if (task !== null) this._closeTask(task, reason)
+      this._answered.clear()
+      var err = clientError('disconnected', 'connection lost before the answer came (' + reason + ')')
+      var self = this
+      this._requests.forEach(function (req, reqId) {
+        if (!req.sent) return
+        self._requests.delete(reqId)
+        clearTimeout(req.timer)
+        // Subscriptions are sent again on the next connection; other requests fail.
+        if (req.sub === undefined) req.reject(err)
+        else if (req.sub.reqId === reqId) req.sub.reqId = null
+      })
+      this._subs.forEach(function (sub) {
+        clearTimeout(sub.retryTimer)
+        sub.retryTimer = null
+      })
+    }
+
+    /**
+     * The socket of generation `gen` ended with `code` (`refusal`: the HTTP status and body of a
+     * refused handshake, where the platform reports them): reconnect as that code asks, or stop.
+     */
+    _lost (gen, code, reason, closeIt, refusal) {
+      if (gen !== this._gen) return
+      if (!closeIt) this._task = null
+      var opened = this._taskOpened
+      this._dropSocket(String(reason || code))
+      if (!this._started || this._hidden) return
+      var final = null
+      var delay = null
+      if (code === CloseCode.TOKEN_EXPIRED) {
+        if (this._onTokenExpired === null) {
+          final = clientError('token_expired', 'the token expired and there is no onTokenExpired to renew it')
+        } else {
+          this._tokenStale = true
+          delay = 0
+        }
+      } else if (refusal && RETRY_STATUSES[refusal.status] !== true) {
+        final = clientError('refused', 'the server refused the connection with HTTP ' + refusal.status)
+        final.status = refusal.status
+        final.body = refusal.body
+      } else if (code === CloseCode.GOING_AWAY && this._failures === 0) {
+        // The server is shutting down: another instance (or its replacement) answers at once.
+        delay = 0
+      } else if (code === CloseCode.POLICY || code === CloseCode.TOO_BIG) {
+        // The server objected to what this client sent: retrying quickly would only repeat it.
+        delay = this._maxMs / 2 + Math.random() * this._maxMs / 2
+      } else if (code === CloseCode.TRY_AGAIN_LATER) {
+        var base = Math.min(this._maxMs, Math.max(this._initialMs * TRY_AGAIN_LATER_FACTOR, this._initialMs * Math.pow(2, this._failures)))
+        delay = base / 2 + Math.random() * base / 2
+      } else {
+        delay = this._backoffDelay(this._failures)
+      }
+      var info = { code: code, reason: reason ? String(reason) : '', opened: opened, retryInMs: delay }
+      if (refusal) {
+        info.status = refusal.status
+        info.body = refusal.body
+      }
+      try {
+        this._onDisconnect(info)
+      } catch (err) {
+        this._report(err)
+      }
+      if (final !== null) {
+        this._report(final)
         this.close()
         return
       }
-      // Only the client's clock says so: let the server decide.
-      this._openSocket(gen)
-      return
+      // onDisconnect may have closed the client.
+      if (!this._started || this._hidden) return
+      this._failures++
+      this._setState('reconnecting')
+      var self = this
+      this._reconnectTimer = setTimeout(function () {
+        self._reconnectTimer = null
+        self._dial('reconnecting')
+      }, delay)
     }
-    Promise.resolve().then(function () { return self._onTokenExpired() }).then(function (token) {
-      if (typeof token !== 'string' || token === '') throw new TypeError('onTokenExpired must resolve with a token')
-      // Kept even if the client stopped meanwhile (app hidden): the next connection uses it.
-      self._token = token
-      self._tokenStale = false
-      if (gen !== self._gen) return
-      // Used even if it looks expired too: a wrong device clock must not loop here.
-      self._openSocket(gen)
-    }).catch(function (err) {
-      if (gen !== self._gen) return
-      self._report(err)
-      self._lost(gen, CloseCode.ABNORMAL, 'could not renew the token', false)
-    })
-  }
 
-  _openSocket (gen) {
-    var self = this
-    var task
-    try {
-      task = this._wx.connectSocket({
-        url: this._url,
-        header: { Authorization: 'Bearer ' + this._token },
-        fail: function (res) { self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true) }
-      })
-    } catch (err) {
-      this._lost(gen, CloseCode.ABNORMAL, err && err.message, false)
-      return
+    /** Exponential backoff with full jitter. */
+    _backoffDelay (failures) {
+      return Math.random() * Math.min(this._maxMs, this._initialMs * Math.pow(2, Math.min(failures, 30)))
     }
-    if (gen !== this._gen) {
-      // connectSocket failed synchronously (fail already ran): this task is not ours any more.
-      if (task) this._closeTask(task, 'superseded')
-      return
+
+    // ---- app visibility ----
+
+    _registerAppHooks () {
+      var api = this._wx
+      if (this._appHooks !== null || typeof api.onAppHide !== 'function' || typeof api.onAppShow !== 'function') return
+      var self = this
+      this._appHooks = {
+        hide: function () { self._hide() },
+        show: function () { self._show() }
+      }
+      api.onAppHide(this._appHooks.hide)
+      api.onAppShow(this._appHooks.show)
     }
-    this._task = task
-    task.onOpen(function () {
-      if (gen === self._gen) self._opened()
-    })
-    task.onMessage(function (res) {
-      if (gen === self._gen) self._onFrame(res.data)
-    })
-    task.onClose(function (res) {
-      self._lost(gen, res.code, res.reason, false)
-    })
-    // WeChat follows a failed connection with onClose on most platforms, not all: treat it as the end.
-    task.onError(function (res) {
-      self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true)
-    })
-    // Also bounds the handshake: a connection that never opens is given up like a dead one.
-    this._armDeadTimer()
-  }
 
-  _opened () {
-    this._setState('open')
-    var self = this
-    this._pingTimer = setInterval(function () { self._send({ type: 'ping' }) }, this._pingIntervalMs)
-    this._armDeadTimer()
-    this._subs.forEach(function (sub) { self._sendSubscribe(sub) })
-    this._requests.forEach(function (req) { if (!req.sent) self._sendRequest(req) })
-  }
+    _unregisterAppHooks () {
+      var hooks = this._appHooks
+      if (hooks === null) return
+      this._appHooks = null
+      if (typeof this._wx.offAppHide === 'function') this._wx.offAppHide(hooks.hide)
+      if (typeof this._wx.offAppShow === 'function') this._wx.offAppShow(hooks.show)
+    }
 
-  /** Restarts the timer that declares the connection dead when nothing arrives. */
-  _armDeadTimer () {
-    clearTimeout(this._deadTimer)
-    var self = this
-    var gen = this._gen
-    this._deadTimer = setTimeout(function () {
-      self._lost(gen, CloseCode.ABNORMAL, 'nothing received for ' + self._deadAfterMs + ' ms', true)
-    }, this._deadAfterMs)
-  }
+    /** WeChat cuts sockets of apps in the background: close cleanly now and resume on show with `since`. */
+    _hide () {
+      if (!this._started || this._hidden) return
+      this._hidden = true
+      this._dropSocket('app hidden')
+      this._setState('idle')
+    }
 
-  _closeTask (task, reason) {
-    try {
-      // Mini programs (like browsers) may only close with 1000 or 3000-4999.
-      task.close({ code: CloseCode.NORMAL, reason: reason.slice(0, 100), fail: noop })
-    } catch (err) {
-      // Already closed or closing.
+    _show () {
+      if (!this._started || !this._hidden) return
+      this._hidden = false
+      this._failures = 0
+      this._dial('reconnecting')
     }
   }
 
-  /** Gives up the current socket (if any) and everything that was waiting on it. */
-  _dropSocket (reason) {
-    this._gen++
-    clearTimeout(this._reconnectTimer)
-    clearInterval(this._pingTimer)
-    clearTimeout(this._deadTimer)
-    this._reconnectTimer = this._pingTimer = this._deadTimer = null
-    var task = this._task
-    this._task = null
-    if (task !== null) this._closeTask(task, reason)
-    this._answered.clear()
-    var err = clientError('disconnected', 'connection lost before the answer came (' + reason + ')')
-    var self = this
-    this._requests.forEach(function (req, reqId) {
-      if (!req.sent) return
-      self._requests.delete(reqId)
-      clearTimeout(req.timer)
-      // Subscriptions are sent again on the next connection; other requests fail.
-      if (req.sub === undefined) req.reject(err)
-      else if (req.sub.reqId === reqId) req.sub.reqId = null
-    })
-    this._subs.forEach(function (sub) {
-      clearTimeout(sub.retryTimer)
-      sub.retryTimer = null
-    })
-  }
-
-  /** The socket of generation `gen` ended with `code`: reconnect as that code asks. */
-  _lost (gen, code, reason, closeIt) {
-    if (gen !== this._gen) return
-    if (!closeIt) this._task = null
-    this._dropSocket(String(reason || code))
-    if (!this._started || this._hidden) return
-    var delay
-    if (code === CloseCode.TOKEN_EXPIRED) {
-      this._tokenStale = true
-      delay = 0
-    } else if (code === CloseCode.GOING_AWAY && this._failures === 0) {
-      // The server is shutting down: another instance (or its replacement) answers at once.
-      delay = 0
-    } else if (code === CloseCode.POLICY || code === CloseCode.TOO_BIG) {
-      // The server objected to what this client sent: retrying quickly would only repeat it.
-      delay = this._maxMs / 2 + Math.random() * this._maxMs / 2
-    } else if (code === CloseCode.TRY_AGAIN_LATER) {
-      var base = Math.min(this._maxMs, Math.max(this._initialMs * TRY_AGAIN_LATER_FACTOR, this._initialMs * Math.pow(2, this._failures)))
-      delay = base / 2 + Math.random() * base / 2
-    } else {
-      delay = this._backoffDelay(this._failures)
-    }
-    this._failures++
-    this._setState('reconnecting')
-    var self = this
-    this._reconnectTimer = setTimeout(function () {
-      self._reconnectTimer = null
-      self._dial('reconnecting')
-    }, delay)
-  }
-
-  /** Exponential backoff with full jitter. */
-  _backoffDelay (failures) {
-    return Math.random() * Math.min(this._maxMs, this._initialMs * Math.pow(2, Math.min(failures, 30)))
-  }
-
-  // ---- app visibility ----
-
-  _registerAppHooks () {
-    var api = this._wx
-    if (this._appHooks !== null || typeof api.onAppHide !== 'function' || typeof api.onAppShow !== 'function') return
-    var self = this
-    this._appHooks = {
-      hide: function () { self._hide() },
-      show: function () { self._show() }
-    }
-    api.onAppHide(this._appHooks.hide)
-    api.onAppShow(this._appHooks.show)
-  }
-
-  _unregisterAppHooks () {
-    var hooks = this._appHooks
-    if (hooks === null) return
-    this._appHooks = null
-    if (typeof this._wx.offAppHide === 'function') this._wx.offAppHide(hooks.hide)
-    if (typeof this._wx.offAppShow === 'function') this._wx.offAppShow(hooks.show)
-  }
-
-  /** WeChat cuts sockets of apps in the background: close cleanly now and resume on show with `since`. */
-  _hide () {
-    if (!this._started || this._hidden) return
-    this._hidden = true
-    this._dropSocket('app hidden')
-    this._setState('idle')
-  }
-
-  _show () {
-    if (!this._started || !this._hidden) return
-    this._hidden = false
-    this._failures = 0
-    this._dial('reconnecting')
-  }
-}
-
-module.exports = { HeartClient: HeartClient, CloseCode: CloseCode, compareIds: compareIds }
+  return { HeartClient: HeartClient, CloseCode: CloseCode, compareIds: compareIds }
+})

@@ -1,31 +1,20 @@
 import { existsSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import fastifyStatic from '@fastify/static'
 import type { FastifyPluginAsync } from 'fastify'
+import { projectRoot } from '../src/project-root.js'
 
 /** Scripts, styles and sockets from this origin only; the page has no inline script or style. */
 export const DEMO_CSP = "default-src 'self'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-/**
- * public/ is not compiled: it sits at the project root, which is two levels up from the source
- * file and three from the compiled one in dist/. Walking up to the folder holding package.json
- * finds it either way.
- */
-function projectRoot (): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir)
-    if (parent === dir) throw new Error('demo: no package.json above ' + fileURLToPath(import.meta.url))
-    dir = parent
-  }
-  return dir
-}
+/** What the page loads of client/: the protocol client and its WebSocket adapter, nothing else. */
+const CLIENT_FILES = new Set(['/heart-client.js', '/ws-adapter.js'])
 
 /**
  * The live demo page at /demo/ (public/demo): log in, see a user's heart rate and the last
  * minutes of it. ENABLE_DEMO turns it on or off; unset, it is on outside production. It is
- * static files calling the public API, so it grants nothing a token does not already grant.
+ * static files calling the public API, so it grants nothing a token does not already grant. The
+ * page connects through the mini-program client itself, served from client/ at /demo/client/.
  */
 const demo: FastifyPluginAsync = async (fastify) => {
   const { ENABLE_DEMO, NODE_ENV } = fastify.config
@@ -40,6 +29,12 @@ const demo: FastifyPluginAsync = async (fastify) => {
   })
   // decorateReply off: nothing here needs reply.sendFile, and other plugins may register @fastify/static too.
   await fastify.register(fastifyStatic, { root, prefix: '/demo/', decorateReply: false })
+  await fastify.register(fastifyStatic, {
+    root: join(projectRoot(), 'client'),
+    prefix: '/demo/client/',
+    decorateReply: false,
+    allowedPath: (pathName) => CLIENT_FILES.has(pathName)
+  })
   // Relative links in the page (demo.js, demo.css) need the trailing slash; the query string is kept.
   fastify.get('/demo', (request, reply) => {
     const query = request.url.indexOf('?')

@@ -18,6 +18,7 @@ import heartReadings from '../routes/heart/readings.js'
 import shares from '../routes/shares.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
+import root from '../routes/root.js'
 import { StoreUnavailableError } from './heart/store.js'
 import { redactUrl } from './logger.js'
 
@@ -64,4 +65,6 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(heartReadings)
   await fastify.register(shares)
   await fastify.register(demo)
+  // Last: it links to the pages registered before it.
+  await fastify.register(root)
 }

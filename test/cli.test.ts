@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -98,8 +98,8 @@ function start (tt: Test, args: string[], env: Env = {}, cwd = ROOT): Cli {
 }
 
 /** Runs a command to its end. */
-async function run (tt: Test, args: string[], env: Env = {}, ms = WAIT_MS): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const cli = start(tt, args, env)
+async function run (tt: Test, args: string[], env: Env = {}, ms = WAIT_MS, cwd = ROOT): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const cli = start(tt, args, env, cwd)
   const code = await cli.exit(ms)
   return { code, stdout: cli.stdout.join('\n'), stderr: cli.stderr.join('\n') }
 }
@@ -338,6 +338,43 @@ t.test('the heart model: plausible, smooth, with exercise bouts', async (t) => {
   t.ok(bouts >= 3, `several bouts in an hour (${bouts})`)
 })
 
+/**
+ * The README's `npx heart-gateway …` examples, run as written against a demo (from the directory
+ * it keeps its development secret in), with two changes: the demo's port instead of the default
+ * 3000, and a simulate shortened to 2 s.
+ */
+async function readmeExamples (t: Test, port: number, cwd: string): Promise<void> {
+  const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
+  const examples = [...readme.matchAll(/^npx heart-gateway (token|send|watch|simulate)\b(.*?)(?:\s+#.*)?$/gm)].map((m) => [m[1], ...m[2].trim().split(/\s+/)])
+  t.same(examples.map((e) => e[0]), ['token', 'send', 'watch', 'simulate'], 'the README shows each command')
+  const withPort = (args: string[]): string[] => {
+    t.notOk(args.includes('--url'), `${args[0]}: the example relies on the default URL, where npm run demo listens`)
+    return [...args, '--url', `${args[0] === 'watch' ? 'ws' : 'http'}://127.0.0.1:${port}`]
+  }
+  const [token, send, watch, simulate] = examples
+  const env = { JWT_SECRET: undefined }
+
+  const minted = await run(t, token, env, WAIT_MS, cwd)
+  t.equal(minted.code, 0, `${token.join(' ')}: ${minted.stderr}`)
+  t.equal(payload(minted.stdout.trim()).sub, 'u1')
+
+  const watching = start(t, withPort(watch), env, cwd)
+  await watching.line(/^watching u1 at /, 'stderr')
+  const sent = await run(t, withPort(send), env, WAIT_MS, cwd)
+  t.equal(sent.code, 0, `${send.join(' ')}: ${sent.stderr}`)
+  const { ids } = JSON.parse(sent.stdout) as { ids: string[] }
+  await watching.line(new RegExp(`  u1  72 bpm  ${ids[0]}$`))
+  watching.proc.kill('SIGINT')
+  t.equal(await watching.exit(), 0, `${watch.join(' ')} prints what send posted`)
+
+  const duration = simulate.indexOf('--duration')
+  t.ok(duration !== -1, 'the simulate example ends by itself')
+  const short = [...simulate.slice(0, duration + 1), '2', ...simulate.slice(duration + 2)]
+  const simulated = await run(t, withPort(short), env, 20_000, cwd)
+  t.equal(simulated.code, 0, `${simulate.join(' ')}: ${simulated.stderr}`)
+  t.match(simulated.stdout, /sent \d+ readings for 20 users .*, 0 errors/)
+}
+
 t.test('demo starts the service and a simulator, prints the URL and a token, and stops on SIGINT', async (t) => {
   const port = await freePort()
   // A fresh directory and no JWT_SECRET: the demo makes the development secret there, as on a new checkout.
@@ -349,6 +386,7 @@ t.test('demo starts the service and a simulator, prints the URL and a token, and
   t.match(urlLine, `${base}/demo/`)
   const jwt = (await cli.line(/^ {2}token {7}\S+$/)).trim().split(/\s+/)[1]
   t.match(cli.stdout.join('\n'), /development token for demo-1/)
+  t.ok(urlLine.includes(`${base}/demo/#user=demo-1&token=${jwt}`), 'the page link carries the user and the token, so it connects at once')
   t.ok(existsSync(join(cwd, '.heart-gateway/dev-jwt-secret')), 'the development secret is kept in the working directory')
 
   const health = await fetch(`${base}/health`, { signal: AbortSignal.timeout(WAIT_MS) })
@@ -367,6 +405,8 @@ t.test('demo starts the service and a simulator, prints the URL and a token, and
   await once(ws, 'open')
   t.match(await frames.ask({ type: 'subscribe', userId: 'demo-1', reqId: 1 }), { type: 'subscribed', userId: 'demo-1' }, 'the printed token opens /heart/current')
   t.match(await frames.until((f) => f.type === 'reading', 5000), { userId: 'demo-1', bpm: Number }, 'and the simulator feeds demo-1')
+
+  await readmeExamples(t, port, cwd)
 
   cli.proc.kill('SIGINT')
   t.equal(await cli.exit(20_000), 0, 'exits 0')

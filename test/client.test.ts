@@ -6,29 +6,55 @@
  *
  * The client is loaded as a mini program loads it: a CommonJS script in a context that has timers
  * and the language's built-ins, and nothing of Node (no require, process, Buffer) or of a browser.
+ * Each fault runs three times: on the shim's own SocketTask (a mini program), and through
+ * client/ws-adapter.js over `ws` (the CLI's watch) and over a WebSocket that takes no headers (the
+ * demo page in a browser), the adapter loaded the same way.
  */
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
 import vm from 'node:vm'
 import { WebSocketServer } from 'ws'
 import type * as HeartClientModule from '../client/heart-client.js'
-import type { HeartClient as HeartClientType, HeartClientOptions, Reading } from '../client/heart-client.js'
+import type { DisconnectInfo, HeartClient as HeartClientType, HeartClientError, HeartClientOptions, Reading } from '../client/heart-client.js'
 import { RedisServer, eventually, postReading, sharedRedis, sleep, startServer, token, uniquePrefix, within, type ServerProcess } from './helper.js'
-import { WxShim } from './wx-shim.js'
+import { WxShim, type Adapter } from './wx-shim.js'
 
 const KEY = 'client-test-key'
 /** Small delays so reconnects are quick; close codes that ask for more are tested below. */
 const FAST_BACKOFF = { initialMs: 50, maxMs: 300 }
 
-function loadClient (globals: Record<string, unknown> = {}): typeof HeartClientModule {
-  const source = readFileSync(new URL('../client/heart-client.js', import.meta.url), 'utf8')
+function loadScript (file: string, globals: Record<string, unknown> = {}): unknown {
+  const source = readFileSync(new URL(`../client/${file}`, import.meta.url), 'utf8')
   const module = { exports: {} }
   const context = vm.createContext({ module, exports: module.exports, setTimeout, clearTimeout, setInterval, clearInterval, console, ...globals })
-  vm.runInContext(source, context, { filename: 'client/heart-client.js' })
-  return module.exports as typeof HeartClientModule
+  vm.runInContext(source, context, { filename: `client/${file}` })
+  return module.exports
+}
+
+function loadClient (globals: Record<string, unknown> = {}): typeof HeartClientModule {
+  return loadScript('heart-client.js', globals) as typeof HeartClientModule
 }
 
 const { HeartClient } = loadClient()
+const { wxFromWebSocket } = loadScript('ws-adapter.js') as Pick<Adapter, 'wxFromWebSocket'>
+
+/** Where the client's sockets come from; users of the shared server get a suffix per flavour. */
+interface Flavour {
+  name: string
+  shim: () => WxShim
+  user: (base: string) => string
+}
+
+const FLAVOURS: Flavour[] = [
+  { name: 'wx', shim: () => new WxShim(), user: (u) => u },
+  { name: 'ws adapter', shim: () => new WxShim({ wxFromWebSocket, browser: false }), user: (u) => `${u}-ws` },
+  { name: 'browser adapter', shim: () => new WxShim({ wxFromWebSocket, browser: true }), user: (u) => `${u}-br` }
+]
+
+/** The test once per flavour. */
+function each (name: string, fn: (t: Test, f: Flavour) => Promise<void>): void {
+  for (const f of FLAVOURS) t.test(`${name} [${f.name}]`, (t) => fn(t, f))
+}
 
 
 function wsUrl (server: ServerProcess): string {
@@ -74,9 +100,9 @@ function newClient (t: Test, shim: WxShim, opts: Omit<HeartClientOptions, 'wx'>)
 /** One server for the tests that restart nothing; each of them watches a user of its own. */
 const server = await startServer(t, { REDIS_URL: (await sharedRedis()).url, HEART_KEY_PREFIX: uniquePrefix(), INGEST_API_KEYS: KEY })
 
-t.test('requests: subscribe and get resolve, error frames reject with their code, unsubscribe stops the callbacks', async (t) => {
-  const u = 'requests'
-  const shim = new WxShim()
+each('requests: subscribe and get resolve, error frames reject with their code, unsubscribe stops the callbacks', async (t, f) => {
+  const u = f.user('requests')
+  const shim = f.shim()
   const states: string[] = []
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u), onStateChange: (s) => states.push(s) })
   t.equal(client.state, 'idle')
@@ -118,14 +144,14 @@ t.test('requests: subscribe and get resolve, error frames reject with their code
   await t.rejects(client.get(u), { code: 'closed' })
 })
 
-t.test('a server restart (1001): the client comes back on its own and gets what was posted meanwhile, once each, in order', async (t) => {
+each('a server restart (1001): the client comes back on its own and gets what was posted meanwhile, once each, in order', async (t, f) => {
   const redis = await RedisServer.start()
   t.teardown(() => redis.stop())
   const env = { REDIS_URL: redis.url, INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: 'c:' }
   const a = await startServer(t, env)
   // The device keeps posting through another instance while the client's instance restarts.
   const b = await startServer(t, env)
-  const shim = new WxShim()
+  const shim = f.shim()
   const states: string[] = []
   const client = newClient(t, shim, { url: wsUrl(a), token: token('u1'), onStateChange: (s) => states.push(s) })
   const seen = new Seen()
@@ -157,11 +183,11 @@ t.test('a server restart (1001): the client comes back on its own and gets what 
   t.ok(states.includes('reconnecting'))
 })
 
-t.test('a Redis restart: the socket stays, requests fail with unavailable meanwhile, readings flow again after it', async (t) => {
+each('a Redis restart: the socket stays, requests fail with unavailable meanwhile, readings flow again after it', async (t, f) => {
   const redis = await RedisServer.start()
   t.teardown(() => redis.stop())
   const own = await startServer(t, { REDIS_URL: redis.url, INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: 'r:' })
-  const shim = new WxShim()
+  const shim = f.shim()
   const client = newClient(t, shim, { url: wsUrl(own), token: token('u1') })
   const seen = new Seen()
   client.connect()
@@ -188,9 +214,9 @@ t.test('a Redis restart: the socket stays, requests fail with unavailable meanwh
   t.equal(client.state, 'open')
 })
 
-t.test('token expiry (4001): onTokenExpired gives a new token, the client reconnects with it and misses nothing', async (t) => {
-  const u = 'expiry'
-  const shim = new WxShim()
+each('token expiry (4001): onTokenExpired gives a new token, the client reconnects with it and misses nothing', async (t, f) => {
+  const u = f.user('expiry')
+  const shim = f.shim()
   const issued: string[] = []
   const client = newClient(t, shim, {
     url: wsUrl(server),
@@ -223,9 +249,9 @@ t.test('token expiry (4001): onTokenExpired gives a new token, the client reconn
   t.same(seen.ids, posted, 'no gap, no duplicate across the token change')
 })
 
-t.test('refresh() before expiry keeps the same socket; the refreshed token is used for later reconnects', async (t) => {
-  const u = 'refresh'
-  const shim = new WxShim()
+each('refresh() before expiry keeps the same socket; the refreshed token is used for later reconnects', async (t, f) => {
+  const u = f.user('refresh')
+  const shim = f.shim()
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u, { ttlS: 2 }), onTokenExpired: () => t.fail('no expiry') as never })
   const seen = new Seen()
   client.connect()
@@ -244,9 +270,9 @@ t.test('refresh() before expiry keeps the same socket; the refreshed token is us
   t.equal(shim.last.header.Authorization, `Bearer ${fresh}`)
 })
 
-t.test('a token that expired while the app was hidden is renewed before reconnecting, not after a refusal', async (t) => {
-  const u = 'hidden'
-  const shim = new WxShim()
+each('a token that expired while the app was hidden is renewed before reconnecting, not after a refusal', async (t, f) => {
+  const u = f.user('hidden')
+  const shim = f.shim()
   let renewed = 0
   const first = token(u, { ttlS: 2 })
   const client = newClient(t, shim, { url: wsUrl(server), token: first, onTokenExpired: () => { renewed++; return token(u) } })
@@ -261,9 +287,9 @@ t.test('a token that expired while the app was hidden is renewed before reconnec
   t.equal(shim.tasks.length, 2, 'one connection with the new token, no refused attempt')
 })
 
-t.test('a dropped network (1006): the client retries with backoff and fills the gap with since', async (t) => {
-  const u = 'dropped'
-  const shim = new WxShim()
+each('a dropped network (1006): the client retries with backoff and fills the gap with since', async (t, f) => {
+  const u = f.user('dropped')
+  const shim = f.shim()
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u) })
   const seen = new Seen()
   client.connect()
@@ -286,9 +312,9 @@ t.test('a dropped network (1006): the client retries with backoff and fills the 
   t.same(seen.ids, posted)
 })
 
-t.test('a silent network: application pings keep a healthy socket, and a dead one is given up after deadAfterMs', async (t) => {
-  const u = 'silent'
-  const shim = new WxShim()
+each('a silent network: application pings keep a healthy socket, and a dead one is given up after deadAfterMs', async (t, f) => {
+  const u = f.user('silent')
+  const shim = f.shim()
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u), pingIntervalMs: 150, deadAfterMs: 1000 })
   const seen = new Seen()
   client.connect()
@@ -313,9 +339,9 @@ t.test('a silent network: application pings keep a healthy socket, and a dead on
   t.same(seen.ids, posted, 'what the dead socket swallowed was replayed')
 })
 
-t.test('a request without an answer times out', async (t) => {
-  const u = 'timeout'
-  const shim = new WxShim()
+each('a request without an answer times out', async (t, f) => {
+  const u = f.user('timeout')
+  const shim = f.shim()
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u), requestTimeoutMs: 300, deadAfterMs: 5000 })
   client.connect()
   t.ok(await eventually(() => client.state === 'open', 5000))
@@ -323,9 +349,9 @@ t.test('a request without an answer times out', async (t) => {
   await t.rejects(within(client.get(u), 3000, 'get'), { code: 'timeout' })
 })
 
-t.test('app hide and show: the socket closes in the background and the readings of that time arrive on show', async (t) => {
-  const u = 'hide'
-  const shim = new WxShim()
+each('app hide and show: the socket closes in the background and the readings of that time arrive on show', async (t, f) => {
+  const u = f.user('hide')
+  const shim = f.shim()
   const states: string[] = []
   const client = newClient(t, shim, { url: wsUrl(server), token: token(u), onStateChange: (s) => states.push(s) })
   const seen = new Seen()
@@ -360,21 +386,22 @@ t.test('app hide and show: the socket closes in the background and the readings 
   t.equal(shim.tasks.length, 2, 'a show after close() does nothing')
 })
 
-t.test('a withdrawn share: the revoked frame calls onRevoked and ends the subscription', async (t) => {
-  const owner = { authorization: `Bearer ${token('owner')}` }
-  t.equal((await fetch(`${server.url}/shares/viewer`, { method: 'PUT', headers: owner, signal: AbortSignal.timeout(3000) })).status, 200)
-  const shim = new WxShim()
+each('a withdrawn share: the revoked frame calls onRevoked and ends the subscription', async (t, f) => {
+  const [ownerId, viewerId] = [f.user('owner'), f.user('viewer')]
+  const owner = { authorization: `Bearer ${token(ownerId)}` }
+  t.equal((await fetch(`${server.url}/shares/${viewerId}`, { method: 'PUT', headers: owner, signal: AbortSignal.timeout(3000) })).status, 200)
+  const shim = f.shim()
   const revoked: string[] = []
-  const client = newClient(t, shim, { url: wsUrl(server), token: token('viewer'), onRevoked: (u) => revoked.push(u) })
+  const client = newClient(t, shim, { url: wsUrl(server), token: token(viewerId), onRevoked: (u) => revoked.push(u) })
   const seen = new Seen()
   client.connect()
-  await within(client.subscribe('owner', seen.add), 5000, 'subscribe')
-  await post(server, 'owner', 75)
+  await within(client.subscribe(ownerId, seen.add), 5000, 'subscribe')
+  await post(server, ownerId, 75)
   t.ok(await seen.count(1))
-  t.equal((await fetch(`${server.url}/shares/viewer`, { method: 'DELETE', headers: owner, signal: AbortSignal.timeout(3000) })).status, 204)
+  t.equal((await fetch(`${server.url}/shares/${viewerId}`, { method: 'DELETE', headers: owner, signal: AbortSignal.timeout(3000) })).status, 204)
   t.ok(await eventually(() => revoked.length === 1, 3000))
-  t.same(revoked, ['owner'])
-  await post(server, 'owner', 76)
+  t.same(revoked, [ownerId])
+  await post(server, ownerId, 76)
   await sleep(300)
   t.equal(seen.readings.length, 1, 'nothing after the revocation')
 })
@@ -403,7 +430,7 @@ async function scriptedServer (t: Test): Promise<{ wss: WebSocketServer, url: st
   return { wss, url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/heart/current` }
 }
 
-t.test('an error after subscribed (a replay the store cut short) is resumed with since', async (t) => {
+each('an error after subscribed (a replay the store cut short) is resumed with since', async (t, f) => {
   const { wss, url } = await scriptedServer(t)
   const subscribes: any[] = []
   const send = (ws: { send: (s: string) => void }, frame: object): void => ws.send(JSON.stringify(frame))
@@ -421,7 +448,7 @@ t.test('an error after subscribed (a replay the store cut short) is resumed with
       send(ws, { type: 'reading', userId: 'u1', id: '6-0', bpm: 71, ts: 2 })
     }
   }))
-  const shim = new WxShim()
+  const shim = f.shim()
   const errors: unknown[] = []
   const client = newClient(t, shim, { url, token: token('u1'), onError: (err) => errors.push(err) })
   const seen = new Seen()
@@ -434,7 +461,7 @@ t.test('an error after subscribed (a replay the store cut short) is resumed with
   t.equal(shim.tasks.length, 1, 'on the same socket')
 })
 
-t.test('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back off to the max, 4001 without onTokenExpired closes', async (t) => {
+each('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back off to the max, 4001 without onTokenExpired closes', async (t, f) => {
   const codes = [1001, 1013, 1008, 1009, 4001]
   const connections: Array<{ at: number, code: number }> = []
   const { wss, url } = await scriptedServer(t)
@@ -443,12 +470,14 @@ t.test('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back
     connections.push({ at: Date.now(), code })
     ws.close(code, 'scripted')
   })
-  const shim = new WxShim()
+  const shim = f.shim()
   const errors: string[] = []
+  const disconnects: DisconnectInfo[] = []
   const client = newClient(t, shim, {
     url,
     token: token('u1'),
     backoff: { initialMs: 100, maxMs: 1000 },
+    onDisconnect: (info) => disconnects.push(info),
     onError: (err) => errors.push((err as { code?: string }).code ?? err.message)
   })
   client.connect()
@@ -462,4 +491,64 @@ t.test('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back
   t.ok(gap(2) >= 490 && gap(2) <= 2500, `1008: half the max or more (${gap(2)} ms)`)
   t.ok(gap(3) >= 490 && gap(3) <= 2500, `1009: half the max or more (${gap(3)} ms)`)
   t.same(errors, ['token_expired'])
+  t.match(disconnects, codes.map((code) => ({ code, reason: 'scripted', opened: true })), 'onDisconnect hears of every close, with its code and reason')
+  t.same(disconnects.map((d) => d.retryInMs === null), [false, false, false, false, true], 'with when it reconnects, and null for the 4001 it does not')
+  t.equal(disconnects[0].retryInMs, 0, '1001: at once')
+})
+
+each('since: a new subscription starts after the given id; a malformed one is refused', async (t, f) => {
+  const u = f.user('since')
+  const ids = [await post(server, u, 70), await post(server, u, 71), await post(server, u, 72)]
+  const shim = f.shim()
+  const client = newClient(t, shim, { url: wsUrl(server), token: token(u) })
+  client.connect()
+  await t.rejects(client.subscribe(u, () => {}, { since: 'yesterday' }), { name: 'TypeError', message: /history id/ })
+  const seen = new Seen()
+  t.match(await within(client.subscribe(u, seen.add, { since: ids[0] }), 5000, 'subscribe'), { current: { bpm: 72 } })
+  t.ok(await seen.count(2))
+  t.match(sentFrames(shim, 0, 'subscribe'), [{ userId: u, since: ids[0] }])
+  const later = await post(server, u, 73)
+  t.ok(await seen.count(3))
+  await sleep(200)
+  t.same(seen.ids, [ids[1], ids[2], later], 'the readings after since, then live ones')
+})
+
+t.test('a refused handshake through the ws adapter: 401 is final, with its status and body; 503 is retried', async (t) => {
+  const f = FLAVOURS[1]
+  const shim = f.shim()
+  const errors: HeartClientError[] = []
+  const disconnects: DisconnectInfo[] = []
+  const bad = token(f.user('refused'), { secret: 'another-secret-of-at-least-32-characters' })
+  const client = newClient(t, shim, { url: wsUrl(server), token: bad, onError: (err) => errors.push(err as HeartClientError), onDisconnect: (info) => disconnects.push(info) })
+  client.connect()
+  t.ok(await eventually(() => client.state === 'closed', 5000), 'the client closed itself')
+  t.match(errors, [{ code: 'refused', status: 401, body: /invalid token/ }])
+  t.match(disconnects, [{ code: 1006, opened: false, status: 401, body: /invalid token/, retryInMs: null }])
+  await sleep(200)
+  t.equal(shim.tasks.length, 1, 'no second attempt')
+
+  // A draining instance answers 503: worth another try.
+  let attempts = 0
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, verifyClient: (_info, cb) => cb(++attempts > 2, 503, 'Service Unavailable') })
+  await new Promise((resolve) => wss.once('listening', resolve))
+  t.teardown(() => new Promise<void>((resolve) => {
+    for (const ws of wss.clients) ws.terminate()
+    wss.close(() => resolve())
+  }))
+  const retried: DisconnectInfo[] = []
+  const shim2 = f.shim()
+  const again = newClient(t, shim2, { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/heart/current`, token: token('u1'), onDisconnect: (info) => retried.push(info) })
+  again.connect()
+  t.ok(await eventually(() => again.state === 'open', 5000), 'connected on the third attempt')
+  t.match(retried, [{ status: 503, retryInMs: Number }, { status: 503, retryInMs: Number }])
+})
+
+t.test('the browser adapter sends the token as ?access_token=, never as a header', async (t) => {
+  const shim = FLAVOURS[2].shim()
+  const u = FLAVOURS[2].user('query')
+  const client = newClient(t, shim, { url: wsUrl(server), token: token(u) })
+  client.connect()
+  t.same(await within(client.get(u), 5000, 'get'), { bpm: null, ts: null })
+  const ws = shim.last.ws as unknown as { url: string }
+  t.match(ws.url, /\/heart\/current\?access_token=ey/)
 })

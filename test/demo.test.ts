@@ -4,13 +4,17 @@
  * Chromium is Debian's (/usr/bin/chromium; .ci/run installs it). Only 127.0.0.1 is contacted.
  */
 import t from 'tap'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { existsSync } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { DEMO_CSP } from '../routes/demo.js'
-import { ROOT, build, startServer, token, type ServerProcess } from './helper.js'
+import { ROOT_CSP } from '../routes/root.js'
+import { ROOT, build, freePort, startServer, token, type ServerProcess } from './helper.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const API_KEY = 'demo-test-ingest-key'
@@ -34,6 +38,40 @@ t.test('/demo/ serves the page and its files with a CSP', async (t) => {
   t.equal((await app.inject('/demo/demo.css')).statusCode, 200)
   t.equal((await app.inject('/demo/missing.js')).statusCode, 404)
   t.equal((await app.inject('/demo/..%2Fpackage.json')).statusCode < 300, false, 'nothing outside public/demo')
+})
+
+t.test('/demo/client/ serves the protocol client and its adapter to the page, nothing else of client/', async (t) => {
+  const app = await build(t)
+  for (const file of ['heart-client.js', 'ws-adapter.js']) {
+    const res = await app.inject(`/demo/client/${file}`)
+    t.equal(res.statusCode, 200, file)
+    t.match(res.headers['content-type'], /javascript/)
+    t.equal(res.headers['content-security-policy'], DEMO_CSP)
+  }
+  for (const file of ['README.md', 'package.json', 'heart-client.d.ts']) t.equal((await app.inject(`/demo/client/${file}`)).statusCode, 404, file)
+  const page = await app.inject('/demo/')
+  t.match(page.body, /<script src="client\/heart-client\.js" defer><\/script>\s*<script src="client\/ws-adapter\.js" defer><\/script>\s*<script src="demo\.js" defer>/, 'the client, its adapter, then the page')
+})
+
+t.test('GET / points a browser at the demo page and the API docs, outside production only', async (t) => {
+  const dev = await build(t)
+  const root = await dev.inject({ url: '/', headers: { accept: 'text/html' } })
+  t.equal(root.statusCode, 200)
+  t.match(root.headers['content-type'], /^text\/html/)
+  t.equal(root.headers['content-security-policy'], ROOT_CSP)
+  t.match(root.body, /<a href="\/demo\/">/)
+  t.match(root.body, /<a href="\/docs">/)
+  t.equal((await dev.inject('/docs')).statusCode, 200, 'the docs link leads somewhere')
+  t.notMatch(JSON.stringify(((await dev.inject('/docs/json')).json() as { paths: object }).paths), /"\/"/, 'not an API route in the docs')
+
+  const production = await build(t, { NODE_ENV: 'production' })
+  t.equal((await production.inject('/')).statusCode, 404, 'production: nothing at /')
+  const demoOnly = await build(t, { NODE_ENV: 'production', ENABLE_DEMO: 'true' })
+  const body = (await demoOnly.inject('/')).body
+  t.match(body, /<a href="\/demo\/">/)
+  t.notMatch(body, /\/docs/, 'only what this instance serves')
+  const neither = await build(t, { ENABLE_DEMO: 'false', ENABLE_API_DOCS: 'false' })
+  t.equal((await neither.inject('/')).statusCode, 404)
 })
 
 t.test('/demo redirects to /demo/ and keeps the query string', async (t) => {
@@ -185,6 +223,48 @@ t.test('the page in Chromium: history, then live readings', async (t) => {
     t.equal(await page.textContent('#close-code'), '4001')
     t.equal(await page.textContent('#state'), 'closed')
     t.equal(await page.textContent('#reconnects'), '0', 'no reconnect with a dead token')
+    await page.close()
+  })
+
+  t.test('the link npm run demo prints connects at once, at phone width too', async (t) => {
+    const port = await freePort()
+    const cwd = await mkdtemp(join(tmpdir(), 'hg-demo-page-'))
+    t.teardown(() => rm(cwd, { recursive: true, force: true }))
+    const demo = spawn(process.execPath, [join(ROOT, 'dist/src/cli/main.js'), 'demo', '--port', String(port)], { cwd, env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = once(demo, 'close')
+    t.teardown(async () => {
+      if (demo.exitCode === null && demo.signalCode === null) demo.kill('SIGINT')
+      await exited
+    })
+    let out = ''
+    const link = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no demo page link within 30 s:\n${out}`)), 30000)
+      demo.stdout.on('data', (chunk: Buffer) => {
+        out += String(chunk)
+        const m = /^ {2}demo page {3}(\S+)/m.exec(out)
+        if (m !== null) { clearTimeout(timer); resolve(m[1]) }
+      })
+      demo.stderr.resume()
+    })
+    t.match(link, new RegExp(`^http://127\\.0\\.0\\.1:${port}/demo/#user=demo-1&token=ey`))
+
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 })
+    t.teardown(() => phone.close())
+    await phone.route('**/*', async (route) => {
+      if (new URL(route.request().url()).hostname === '127.0.0.1') await route.continue()
+      else await route.abort()
+    })
+    const { page, errors } = await openPage(phone, link)
+    await until(page, '#state:text-is("open")')
+    t.equal(await page.inputValue('#user'), 'demo-1', 'the user from the link')
+    t.equal(new URL(page.url()).hash, '', 'the token is gone from the address bar')
+    // The simulator posts for demo-1 every second or so.
+    await until(page, '#chart:not([data-points="0"])')
+    t.match(await page.textContent('#bpm'), /^\d+$/, 'a live heart rate')
+    t.equal(await page.textContent('#reconnects'), '0')
+    await mkdir(join(ROOT, 'test-artifacts'), { recursive: true })
+    await page.screenshot({ path: join(ROOT, 'test-artifacts', 'demo-390.png'), fullPage: true, timeout: WAIT_MS })
+    t.same(errors, [], 'no script errors or CSP violations')
     await page.close()
   })
 

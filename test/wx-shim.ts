@@ -9,8 +9,12 @@
  * every socket without a close frame (the client sees 1006) and fails new connections until
  * `networkUp()`; `stall()` silences open sockets without closing them (nothing in, nothing out:
  * only a dead-connection timer notices).
+ *
+ * With an adapter (`new WxShim({ wxFromWebSocket, browser })`), the sockets are those of
+ * client/ws-adapter.js over `ws`, as the CLI's watch makes them, or over a WebSocket that takes
+ * no options, as a browser's (the demo page): the same faults then run through the adapter.
  */
-import { WebSocket, type RawData } from 'ws'
+import { WebSocket, type ClientOptions, type RawData } from 'ws'
 import type { Socket } from 'node:net'
 
 interface Result { errMsg: string }
@@ -36,6 +40,36 @@ export interface SendOptions extends CallbackOptions {
 export interface CloseOptions extends CallbackOptions {
   code?: number
   reason?: string
+}
+
+/** A SocketTask as client/ws-adapter.js makes it. */
+interface AdapterTask {
+  onOpen (listener: Callback<{ header: Record<string, string> }>): void
+  onMessage (listener: Callback<{ data: string | ArrayBuffer }>): void
+  onClose (listener: Callback<{ code: number, reason: string }>): void
+  onError (listener: Callback<Result>): void
+  send (opts: SendOptions): void
+  close (opts: CloseOptions): void
+}
+
+export interface Adapter {
+  /** client/ws-adapter.js's export. */
+  wxFromWebSocket: (WebSocketCtor: new (url: string, options?: ClientOptions) => WebSocket, options?: { tokenInQuery?: boolean }) => { connectSocket (opts: ConnectSocketOptions): AdapterTask }
+  /** A browser's WebSocket: no handshake headers, so the token goes in the URL. */
+  browser: boolean
+}
+
+/** The adapter's `wx`, over a WebSocket class that records the sockets it makes (for the faults). */
+function adapterWx (adapter: Adapter, created: WebSocket[]): { connectSocket (opts: ConnectSocketOptions): AdapterTask } {
+  const browser = adapter.browser
+  class Recorded extends WebSocket {
+    constructor (url: string, options?: ClientOptions) {
+      if (browser && options !== undefined) throw new TypeError('a browser WebSocket takes no options: the token must go in the URL')
+      super(url, options)
+      created.push(this)
+    }
+  }
+  return adapter.wxFromWebSocket(Recorded, { tokenInQuery: browser })
 }
 
 /** Runs the callbacks of a wx API call the way WeChat does: later, then `complete`. */
@@ -70,14 +104,30 @@ export class ShimSocketTask {
   readonly sent: string[] = []
   stalled = false
   readonly ws: WebSocket | null
+  /** The adapter's task this one records, when the shim has an adapter. */
+  private readonly inner: AdapterTask | null = null
 
-  constructor (readonly url: string, readonly header: Record<string, string>, offline: boolean, timeout?: number) {
+  constructor (readonly url: string, readonly header: Record<string, string>, offline: boolean, timeout?: number, viaAdapter?: { wx: ReturnType<typeof adapterWx>, created: WebSocket[] }) {
     if (offline) {
       this.ws = null
       setImmediate(() => {
         this.emit('error', { errMsg: 'connectSocket:fail network is down' })
         this.ended(1006, 'abnormal closure')
       })
+      return
+    }
+    if (viaAdapter !== undefined) {
+      const inner = viaAdapter.wx.connectSocket({ url, header })
+      this.inner = inner
+      this.ws = viaAdapter.created.at(-1) ?? null
+      inner.onOpen((res) => this.emit('open', res))
+      inner.onMessage((res) => {
+        if (this.stalled) return
+        this.receivedAt = Date.now()
+        this.emit('message', res)
+      })
+      inner.onError((res) => this.emit('error', res))
+      inner.onClose((res) => this.ended(res.code, res.reason))
       return
     }
     const ws = new WebSocket(url, { headers: header, handshakeTimeout: timeout ?? 60000 })
@@ -125,6 +175,10 @@ export class ShimSocketTask {
       settle(opts, true, { errMsg: 'sendSocketMessage:ok' })
       return
     }
+    if (this.inner !== null) {
+      this.inner.send(opts)
+      return
+    }
     ws.send(opts.data, (err) => settle(opts, err == null, { errMsg: err == null ? 'sendSocketMessage:ok' : `sendSocketMessage:fail ${err.message}` }))
   }
 
@@ -141,7 +195,9 @@ export class ShimSocketTask {
     this.closedByClient ??= { code, reason: opts.reason ?? '', at: Date.now() }
     const ws = this.ws
     // A stalled network would never carry the close handshake: give the socket up locally.
-    if (ws !== null && (this.stalled || ws.readyState === WebSocket.CONNECTING)) ws.terminate()
+    if (ws !== null && this.stalled) ws.terminate()
+    else if (this.inner !== null) this.inner.close({ code, reason: opts.reason })
+    else if (ws !== null && ws.readyState === WebSocket.CONNECTING) ws.terminate()
     else ws?.close(code, opts.reason)
     settle(opts, true, { errMsg: 'closeSocket:ok' })
   }
@@ -163,6 +219,13 @@ export class WxShim {
   private readonly hideListeners = new Set<() => void>()
   private readonly showListeners = new Set<() => void>()
   private offline = false
+  private readonly viaAdapter: { wx: ReturnType<typeof adapterWx>, created: WebSocket[] } | undefined
+
+  constructor (adapter?: Adapter) {
+    if (adapter === undefined) return
+    const created: WebSocket[] = []
+    this.viaAdapter = { wx: adapterWx(adapter, created), created }
+  }
 
   connectSocket (opts: ConnectSocketOptions): ShimSocketTask {
     if (!/^wss?:\/\//.test(opts.url)) {
@@ -170,7 +233,7 @@ export class WxShim {
       // WeChat still returns a task; it never opens.
       return new ShimSocketTask(opts.url, opts.header ?? {}, true)
     }
-    const task = new ShimSocketTask(opts.url, opts.header ?? {}, this.offline, opts.timeout)
+    const task = new ShimSocketTask(opts.url, opts.header ?? {}, this.offline, opts.timeout, this.viaAdapter)
     this.tasks.push(task)
     settle(opts, true, { errMsg: 'connectSocket:ok' })
     return task

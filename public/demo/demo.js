@@ -1,5 +1,7 @@
 // The heart-gateway live demo: history from GET /heart/:userId/readings, then live readings from
-// the /heart/current WebSocket (protocol: docs/protocol.md). Plain browser JavaScript, no build step.
+// the /heart/current WebSocket through the mini-program client (client/heart-client.js, with
+// client/ws-adapter.js making a `wx` of the browser's WebSocket). It reconnects and resumes; this
+// page only shows what it reports. Plain browser JavaScript, no build step.
 'use strict'
 
 ;(() => {
@@ -7,13 +9,14 @@
   const HISTORY_LIMIT = 300
   /** Readings kept in memory at most, whatever their rate. */
   const POINTS_MAX = 5000
-  const BACKOFF_MIN_MS = 500
-  const BACKOFF_MAX_MS = 30000
   /** A longer silence between two readings is drawn as a gap, not a line. */
   const GAP_MS = 30000
-  const CLOSE_GOING_AWAY = 1001
-  const CLOSE_TOKEN_EXPIRED = 4001
+  /** The least room between two time labels of the chart. */
+  const LABEL_GAP_PX = 8
   const USER_ID = /^[A-Za-z0-9_-]{1,64}$/
+  const { HeartClient } = self.heartClient
+  // A browser cannot set headers on the handshake: the token goes as ?access_token=.
+  const wx = self.heartWsAdapter.wxFromWebSocket(WebSocket, { tokenInQuery: true })
 
   const $ = (id) => document.getElementById(id)
   const ui = {
@@ -49,14 +52,6 @@
     ui.message.classList.toggle('error', isError)
   }
 
-  /** History ids are "<ms>-<seq>", each below 2^64: compared as numbers, not as text. */
-  function compareIds (a, b) {
-    const [am, as] = a.split('-').map(BigInt)
-    const [bm, bs] = b.split('-').map(BigInt)
-    if (am !== bm) return am < bm ? -1 : 1
-    return as === bs ? 0 : as < bs ? -1 : 1
-  }
-
   async function errorMessage (res) {
     try {
       const body = await res.json()
@@ -71,33 +66,49 @@
       this.token = token
       /** { ts, bpm }, in ts order. */
       this.points = []
-      /** Newest history id seen: the `since` of every (re)subscription. */
-      this.lastId = null
       this.currentTs = -Infinity
-      this.preloaded = false
-      this.ws = null
-      this.timer = null
-      this.failures = 0
+      this.client = null
       this.reconnects = 0
       this.stopped = false
     }
 
-    start () {
+    async start () {
       ui.reconnects.textContent = '0'
       ui.closeCode.textContent = '–'
       ui.bpm.textContent = '--'
       delete ui.bpm.dataset.ts
       ui.updated.textContent = 'no reading yet'
       say('')
-      void this.attempt('connecting')
+      setState('connecting')
+      const since = await this.preload()
+      if (this.stopped) return
+      const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
+      this.client = new HeartClient({
+        url: `${scheme}//${location.host}/heart/current`,
+        token: this.token,
+        wx,
+        onStateChange: (state) => { if (!this.stopped) setState(state) },
+        onDisconnect: (info) => { void this.disconnected(info) },
+        onResubscribed: (_userId, result) => this.subscribed(result),
+        onRevoked: (userId) => this.stop(`${userId} stopped sharing their heart rate`, true),
+        onError: (err) => {
+          if (err.code === 'token_expired') this.stop('token expired: log in again, then connect', true)
+          else say(`server: ${err.message}`, true)
+        }
+      })
+      this.client.connect()
+      const reading = (r) => {
+        this.add(r)
+        scheduleDraw()
+      }
+      this.client.subscribe(this.userId, reading, { since }).then((result) => this.subscribed(result), (err) => {
+        if (err.code !== 'closed') this.stop(`server: ${err.message}`, true)
+      })
     }
 
     stop (text, isError = false) {
       this.stopped = true
-      clearTimeout(this.timer)
-      const ws = this.ws
-      this.ws = null
-      if (ws !== null) ws.close(1000, 'bye')
+      if (this.client !== null) this.client.close()
       setState('closed')
       say(text, isError)
     }
@@ -106,91 +117,55 @@
       return fetch(path, { headers: { authorization: `Bearer ${this.token}` }, cache: 'no-store' })
     }
 
-    /** One connection attempt: the history first (once), then the socket. */
-    async attempt (state) {
-      setState(state)
-      if (!this.preloaded) {
-        let res
-        try {
-          res = await this.api(`/heart/${encodeURIComponent(this.userId)}/readings?limit=${HISTORY_LIMIT}`)
-        } catch {
-          if (!this.stopped) this.retry('server unreachable')
-          return
-        }
-        if (this.stopped) return
-        if (res.status === 401 || res.status === 403) {
-          this.stop(await errorMessage(res), true)
-          return
-        }
-        if (!res.ok) {
-          this.retry(`history: ${await errorMessage(res)}`)
-          return
-        }
-        const body = await res.json()
-        if (this.stopped) return
-        const serverNow = Date.parse(res.headers.get('date') ?? '')
-        // The Date header has a resolution of one second: only a larger skew is corrected.
-        if (Number.isFinite(serverNow) && Math.abs(serverNow - Date.now()) > 2000) clockOffset = serverNow - Date.now()
-        for (const r of body.readings) this.add(r)
-        this.preloaded = true
+    /** The last minutes from the HTTP API; resolves with the newest id, the live subscription's `since`. */
+    async preload () {
+      let res
+      try {
+        res = await this.api(`/heart/${encodeURIComponent(this.userId)}/readings?limit=${HISTORY_LIMIT}`)
+      } catch {
+        // The client retries the socket until the server is back; the chart starts with live readings then.
+        return null
       }
-      this.open()
+      if (this.stopped) return null
+      if (res.status === 401 || res.status === 403) {
+        this.stop(await errorMessage(res), true)
+        return null
+      }
+      if (!res.ok) {
+        say(`history: ${await errorMessage(res)}`, true)
+        return null
+      }
+      const body = await res.json()
+      if (this.stopped) return null
+      const serverNow = Date.parse(res.headers.get('date') ?? '')
+      // The Date header has a resolution of one second: only a larger skew is corrected.
+      if (Number.isFinite(serverNow) && Math.abs(serverNow - Date.now()) > 2000) clockOffset = serverNow - Date.now()
+      for (const r of body.readings) this.add(r)
+      const newest = body.readings.at(-1)
+      return newest === undefined ? null : newest.id
     }
 
-    open () {
-      const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
-      const ws = new WebSocket(`${scheme}//${location.host}/heart/current?access_token=${encodeURIComponent(this.token)}`)
-      this.ws = ws
-      let opened = false
-      ws.onopen = () => {
-        opened = true
-        setState('open')
-        const frame = { type: 'subscribe', userId: this.userId }
-        if (this.lastId !== null) frame.since = this.lastId
-        ws.send(JSON.stringify(frame))
-      }
-      ws.onmessage = (event) => {
-        if (this.ws !== ws) return
-        let frame
-        try {
-          frame = JSON.parse(event.data)
-        } catch {
-          return
-        }
-        this.frame(frame)
-      }
-      ws.onclose = (event) => {
-        if (this.ws !== ws) return
-        this.ws = null
-        void this.closed(event.code, opened)
-      }
+    subscribed (result) {
+      if (result.current !== null && this.points.length === 0) showBpm(result.current.bpm, result.current.ts)
+      say(result.truncated === true ? 'some readings were trimmed from history while disconnected' : '')
     }
 
-    frame (frame) {
-      if (frame.userId !== undefined && frame.userId !== this.userId) return
-      switch (frame.type) {
-        case 'subscribed':
-          this.failures = 0
-          if (frame.current !== null && this.points.length === 0) showBpm(frame.current.bpm, frame.current.ts)
-          say(frame.truncated === true ? 'some readings were trimmed from history while disconnected' : '')
-          break
-        case 'reading':
-          // Already seen (preloaded, or replayed twice across a reconnect).
-          if (frame.id !== null && this.lastId !== null && compareIds(frame.id, this.lastId) <= 0) return
-          this.add(frame)
-          scheduleDraw()
-          break
-        case 'revoked':
-          this.stop(`${frame.userId} stopped sharing their heart rate`, true)
-          break
-        case 'error':
-          say(`server: ${frame.message}`, true)
-          break
-      }
+    async disconnected (info) {
+      ui.closeCode.textContent = String(info.code)
+      // The client stops by itself (token expired): onError says why.
+      if (info.retryInMs === null || this.stopped) return
+      this.reconnects++
+      ui.reconnects.textContent = String(this.reconnects)
+      say(`closed (${info.code}): reconnecting in ${(info.retryInMs / 1000).toFixed(1)} s`)
+      if (info.opened) return
+      // A refused upgrade reaches a browser as 1006 without its reason: ask the HTTP API why.
+      try {
+        const res = await this.api(`/heart/${encodeURIComponent(this.userId)}/readings?limit=1`)
+        if (!this.stopped && (res.status === 401 || res.status === 403)) this.stop(await errorMessage(res), true)
+      } catch {}
     }
 
     add (reading) {
-      if (reading.id !== null && reading.id !== undefined) this.lastId = reading.id
       const points = this.points
       let i = points.length
       while (i > 0 && points[i - 1].ts > reading.ts) i--
@@ -201,42 +176,6 @@
         this.currentTs = reading.ts
         showBpm(reading.bpm, reading.ts)
       }
-    }
-
-    async closed (code, opened) {
-      ui.closeCode.textContent = String(code)
-      if (this.stopped) return
-      if (code === CLOSE_TOKEN_EXPIRED) {
-        this.stop('token expired: log in again, then connect', true)
-        return
-      }
-      if (!opened) {
-        // A refused upgrade reaches a browser as 1006 without its reason: ask the HTTP API why.
-        try {
-          const res = await this.api(`/heart/${encodeURIComponent(this.userId)}/readings?limit=1`)
-          if (this.stopped) return
-          if (res.status === 401 || res.status === 403) {
-            this.stop(await errorMessage(res), true)
-            return
-          }
-        } catch {}
-        if (this.stopped) return
-      }
-      this.retry(`closed (${code})`, code === CLOSE_GOING_AWAY)
-    }
-
-    /** Schedules the next attempt: at once (with jitter) when the server asked, else exponential backoff with jitter. */
-    retry (reason, soon = false) {
-      this.failures++
-      const ceiling = soon ? 250 : Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (this.failures - 1))
-      const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2)
-      setState('reconnecting')
-      say(`${reason}: reconnecting in ${(delay / 1000).toFixed(1)} s`)
-      this.timer = setTimeout(() => {
-        this.reconnects++
-        ui.reconnects.textContent = String(this.reconnects)
-        void this.attempt('reconnecting')
-      }, delay)
     }
   }
 
@@ -318,14 +257,22 @@
       ctx.fillText(String(v), pad.left - 6, y(v))
     }
     ctx.textBaseline = 'top'
-    for (let m = 5; m >= 0; m--) {
+    // From "now" leftwards; a label that would run into the one to its right is left out (phone widths).
+    let labelsFrom = Infinity
+    for (let m = 0; m <= 5; m++) {
       const gx = Math.round(x(end - m * 60000)) + 0.5
       ctx.beginPath()
       ctx.moveTo(gx, pad.top)
       ctx.lineTo(gx, pad.top + plotH)
       ctx.stroke()
-      ctx.textAlign = m === 0 ? 'right' : m === 5 ? 'left' : 'center'
-      ctx.fillText(m === 0 ? 'now' : `-${m} min`, gx, pad.top + plotH + 6)
+      const label = m === 0 ? 'now' : `-${m} min`
+      const w = ctx.measureText(label).width
+      const align = m === 0 ? 'right' : m === 5 ? 'left' : 'center'
+      const left = align === 'right' ? gx - w : align === 'center' ? gx - w / 2 : gx
+      if (left + w + LABEL_GAP_PX > labelsFrom) continue
+      labelsFrom = left
+      ctx.textAlign = align
+      ctx.fillText(label, gx, pad.top + plotH + 6)
     }
 
     if (points.length === 0) return
@@ -360,7 +307,7 @@
     }
     if (viewer !== null) viewer.stop('')
     viewer = new Viewer(userId, token)
-    viewer.start()
+    void viewer.start()
     draw()
   }
 

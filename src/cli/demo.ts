@@ -4,7 +4,6 @@
  * and a development token. Ctrl-C stops both.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
@@ -18,6 +17,11 @@ const START_TIMEOUT_MS = 20_000
 const STOP_TIMEOUT_MS = 15_000
 const LOG_TAIL = 40
 const DEMO_USER = 'demo-1'
+/**
+ * The README's CLI examples use this key, so they work against a demo as written. A fixed key is
+ * no weaker than what a demo already is: it listens on loopback only, with the dev login on.
+ */
+export const DEMO_KEY = 'dev-key'
 
 function portInUse (port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -52,7 +56,7 @@ export async function demoCommand (args: string[]): Promise<void> {
 
   const envSecret = process.env.JWT_SECRET
   const secret = envSecret !== undefined && envSecret !== '' ? envSecret : await loadDevSecret(DEV_SECRET_FILE)
-  const key = randomBytes(18).toString('base64url')
+  const key = DEMO_KEY
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     NODE_ENV: 'development',
@@ -125,13 +129,14 @@ export async function demoCommand (args: string[]): Promise<void> {
     process.stdout.write([
       'heart-gateway demo: the service on the embedded store, with simulated users',
       '',
-      `  demo page   ${url}/demo/${pageStatus === 200 ? '' : `   (not in this build yet: it answered ${pageStatus === 0 ? 'nothing' : pageStatus})`}`,
+      // The page reads the fragment, connects at once and drops it from the address bar; it never reaches the server.
+      `  demo page   ${url}/demo/#user=${DEMO_USER}&token=${token}${pageStatus === 200 ? '' : `   (not in this build yet: it answered ${pageStatus === 0 ? 'nothing' : pageStatus})`}`,
       `  user id     ${DEMO_USER}   (simulated: ${sim.userIds.join(', ')}; ${rate} readings/s in all)`,
       `  token       ${token}`,
       `              a development token for ${DEMO_USER}, valid ${DEFAULT_TTL_S / 3600} h, signed with ${secretSource};`,
       '              the page\'s dev login works too (ENABLE_DEV_LOGIN is on: never expose this server)',
       `  service     ${url}   (health: ${url}/health)`,
-      `  ingest key  ${key}   (this run only)`,
+      `  ingest key  ${key}   (fixed, as in the README: heart-gateway send ${DEMO_USER} 72 --key ${key})`,
       `  terminal    node ${process.argv[1]} watch ${DEMO_USER} --url ws://${HOST}:${port} --token <token above>`,
       '',
       'Ctrl-C stops the simulator and the server.',

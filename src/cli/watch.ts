@@ -1,40 +1,16 @@
 /**
  * `heart-gateway watch <userId>`: prints a user's live readings, one line each, and keeps doing so
- * across server restarts by reconnecting and resubscribing with `since` (docs/protocol.md, "What a
- * client should do"). Readings go to stdout; connection news goes to stderr.
+ * across server restarts. The connection, its reconnects and the resume with `since` are the
+ * mini-program client's (client/heart-client.js); this file only words what it reports. Readings
+ * go to stdout; connection news goes to stderr.
  */
-import { WebSocket, type RawData } from 'ws'
-import type { IncomingMessage } from 'node:http'
-import { CloseCode } from '../heart/protocol.js'
-import { compareIds, isHistoryId } from '../heart/reading.js'
+import { isHistoryId } from '../heart/reading.js'
 import { CliError, DEFAULT_WS_URL, UsageError, baseUrl, clockTime, parse, serverMessage } from './common.js'
+import { HeartClient, wsWx, type DisconnectInfo, type HeartClientError, type Reading, type SubscribeResult } from './heart-client.js'
 import { checkUserId, mintToken } from './token.js'
 
-const SUBSCRIBE_REQ = 'watch'
-const BACKOFF_FIRST_MS = 250
-const BACKOFF_MAX_MS = 5000
-const HANDSHAKE_TIMEOUT_MS = 10_000
-/** An app-level ping this often; no frame at all by the next one means a dead connection. */
-const KEEPALIVE_MS = 20_000
-/** Refusals at the handshake that are worth retrying; any other status is final. */
-const RETRY_STATUSES = new Set([429, 502, 503, 504])
-/** Close codes after which the protocol says to reconnect (with `since`); any other code ends the watch. */
-const RECONNECT_CODES = new Set<number>([CloseCode.GOING_AWAY, 1006, 1011, 1012, CloseCode.TRY_AGAIN_LATER])
-/** Error codes of the subscribe reply worth a reconnect; the others (forbidden, bad_request, …) are final. */
-const RETRY_ERRORS = new Set(['unavailable', 'internal', 'rate_limited'])
-
-interface Frame {
-  type?: string
-  userId?: string
-  id?: string | null
-  bpm?: number
-  ts?: number
-  code?: string
-  message?: string
-  reqId?: unknown
-  current?: { bpm: number, ts: number | null } | null
-  truncated?: boolean
-}
+/** Quicker than a phone's defaults: a person is watching the terminal. */
+const BACKOFF = { initialMs: 250, maxMs: 5000 }
 
 export interface WatchOptions {
   url: string
@@ -46,15 +22,10 @@ export interface WatchOptions {
 }
 
 export class Watch {
-  private ws: WebSocket | null = null
+  private readonly client: InstanceType<typeof HeartClient>
+  /** The newest reading printed (or --since): what a new watch would resume from. */
   private lastId: string | undefined
-  private attempt = 0
-  private stopped = false
-  private retryTimer: NodeJS.Timeout | undefined
-  private keepalive: NodeJS.Timeout | undefined
-  private heard = true
-  /** Set when the socket is being ended on purpose: what happens next (retry or end with this error). */
-  private verdict: { retry: true } | { retry: false, error: string } | null = null
+  private subscribed = false
   /** Why the watch ended, when it did not end by stop(). */
   private error: CliError | undefined
   private resolveDone!: () => void
@@ -65,28 +36,30 @@ export class Watch {
   constructor (private readonly opts: WatchOptions) {
     this.lastId = opts.since
     this.done = new Promise((resolve, reject) => { this.resolveDone = resolve; this.rejectDone = reject })
+    this.client = new HeartClient({
+      url: `${opts.url}/heart/current`,
+      token: opts.token,
+      wx: wsWx,
+      backoff: BACKOFF,
+      onStateChange: (state) => {
+        // Subscribing once connected: the subscribe's timeout is for the server's answer, not for the server to come up.
+        if (state === 'open' && !this.subscribed) this.subscribe()
+        if (state === 'closed') this.settle()
+      },
+      onDisconnect: (info) => this.disconnected(info),
+      onResubscribed: (_userId, result) => this.watching(result),
+      onRevoked: () => this.fail(`access to ${opts.userId} was revoked by its owner`),
+      onError: (err) => this.clientError(err)
+    })
   }
 
   start (): Promise<void> {
-    this.connect()
+    this.client.connect()
     return this.done
   }
 
   stop (): void {
-    if (this.stopped) return
-    this.stopped = true
-    clearTimeout(this.retryTimer)
-    clearInterval(this.keepalive)
-    const ws = this.ws
-    if (ws === null || ws.readyState === WebSocket.CLOSED) {
-      this.settle()
-      return
-    }
-    ws.once('close', () => this.settle())
-    if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'bye')
-    else ws.terminate()
-    // A server that does not answer the close handshake does not hold us up.
-    setTimeout(() => { ws.terminate(); this.settle() }, 1000).unref()
+    this.client.close()
   }
 
   private settle (): void {
@@ -99,129 +72,47 @@ export class Watch {
     this.stop()
   }
 
-  private connect (): void {
-    this.verdict = null
-    const ws = new WebSocket(`${this.opts.url}/heart/current`, {
-      headers: { authorization: `Bearer ${this.opts.token}` },
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS
-    })
-    this.ws = ws
-    ws.on('unexpected-response', (_req, res) => this.refused(ws, res))
-    ws.on('open', () => {
-      const frame: Record<string, string> = { type: 'subscribe', userId: this.opts.userId, reqId: SUBSCRIBE_REQ }
-      if (this.lastId !== undefined) frame.since = this.lastId
-      ws.send(JSON.stringify(frame))
-      this.heard = true
-      clearInterval(this.keepalive)
-      this.keepalive = setInterval(() => {
-        if (!this.heard) {
-          this.opts.log('no answer from the server: reconnecting')
-          ws.terminate()
-          return
-        }
-        this.heard = false
-        ws.send('{"type":"ping"}')
-      }, KEEPALIVE_MS)
-    })
-    ws.on('ping', () => { this.heard = true })
-    ws.on('message', (data: RawData) => {
-      this.heard = true
-      this.onFrame(ws, String(data))
-    })
-    // Connection failures end in 'close' (1006) too; the reason is shown there.
-    let failure: string | undefined
-    ws.on('error', (err: Error & { code?: string }) => { failure = err.code ?? err.message })
-    ws.on('close', (code: number, reason: Buffer) => {
-      clearInterval(this.keepalive)
-      if (this.stopped) return
-      const verdict = this.verdict
-      if (verdict !== null) {
-        if (verdict.retry) this.retry('')
-        else this.fail(verdict.error)
-        return
-      }
-      const why = `${code}${reason.length > 0 ? ' ' + String(reason) : ''}${failure !== undefined ? ', ' + failure : ''}`
-      if (code === CloseCode.TOKEN_EXPIRED) {
-        this.fail(`token expired (4001): get a new one (heart-gateway token ${this.opts.userId}) and run watch again${this.lastId !== undefined ? ` with --since ${this.lastId}` : ''}`)
-      } else if (RECONNECT_CODES.has(code)) {
-        this.retry(failure !== undefined ? `cannot connect (${failure})` : `connection closed (${why})`)
-      } else {
-        this.fail(`the server closed the connection (${why})`)
-      }
+  private subscribe (): void {
+    this.subscribed = true
+    this.client.subscribe(this.opts.userId, (r) => this.print(r), { since: this.opts.since }).then((result) => this.watching(result), (err: HeartClientError) => {
+      if (err.code !== 'closed') this.fail(`subscribe refused: ${err.code}: ${err.message}`)
     })
   }
 
-  /** The handshake got an HTTP answer instead of an upgrade: show the server's message. */
-  private refused (ws: WebSocket, res: IncomingMessage): void {
-    let text = ''
-    res.setEncoding('utf8')
-    res.on('data', (chunk: string) => { text += chunk })
-    res.on('end', () => {
-      const status = res.statusCode ?? 0
-      const message = `handshake refused: ${serverMessage(status, text)}`
-      if (RETRY_STATUSES.has(status)) {
-        this.opts.log(message)
-        this.verdict = { retry: true }
-      } else {
-        this.verdict = { retry: false, error: message }
-      }
-      ws.terminate()
-    })
+  private watching (result: SubscribeResult): void {
+    const c = result.current
+    const current = c === null ? 'no reading yet' : `current ${c.bpm} bpm${c.ts === null ? '' : ' at ' + clockTime(c.ts)}`
+    const resumed = this.lastId === undefined ? '' : `, resuming after ${this.lastId}`
+    this.opts.log(`watching ${this.opts.userId} at ${this.opts.url} (${current}${resumed}${result.truncated === true ? '; some readings since then were already trimmed from history' : ''})`)
   }
 
-  private onFrame (ws: WebSocket, text: string): void {
-    let frame: Frame
-    try {
-      frame = JSON.parse(text) as Frame
-    } catch {
-      return
-    }
-    switch (frame.type) {
-      case 'subscribed': {
-        if (frame.reqId !== SUBSCRIBE_REQ) return
-        this.attempt = 0
-        const current = frame.current == null ? 'no reading yet' : `current ${frame.current.bpm} bpm${frame.current.ts === null ? '' : ' at ' + clockTime(frame.current.ts)}`
-        const resumed = this.lastId === undefined ? '' : `, resuming after ${this.lastId}`
-        this.opts.log(`watching ${this.opts.userId} at ${this.opts.url} (${current}${resumed}${frame.truncated === true ? '; some readings since then were already trimmed from history' : ''})`)
-        return
-      }
-      case 'reading': {
-        if (frame.userId !== this.opts.userId || typeof frame.bpm !== 'number' || typeof frame.ts !== 'number') return
-        const id = frame.id ?? null
-        if (id !== null) {
-          // The protocol guarantees no duplicates within a subscription; this also covers the seam of a reconnect.
-          if (this.lastId !== undefined && compareIds(id, this.lastId) <= 0) return
-          this.lastId = id
-        }
-        this.opts.out(`${clockTime(frame.ts)}  ${frame.userId}  ${frame.bpm} bpm  ${id ?? '-'}`)
-        return
-      }
-      case 'revoked':
-        if (frame.userId === this.opts.userId) this.fail(`access to ${this.opts.userId} was revoked by its owner`)
-        return
-      case 'error': {
-        const message = `${frame.code ?? 'error'}: ${frame.message ?? ''}`
-        if (RETRY_ERRORS.has(frame.code ?? '') && (frame.reqId === SUBSCRIBE_REQ || frame.code === 'unavailable')) {
-          // The subscription is gone (docs/protocol.md): a new connection resubscribes with since.
-          this.opts.log(message)
-          this.verdict = { retry: true }
-          ws.close(1000)
-        } else if (frame.reqId === SUBSCRIBE_REQ) {
-          this.fail(`subscribe refused: ${message}`)
-        } else {
-          this.opts.log(message)
-        }
-      }
-    }
+  private print (r: Reading): void {
+    if (r.id !== null) this.lastId = r.id
+    this.opts.out(`${r.ts === null ? '--:--:--.---' : clockTime(r.ts)}  ${r.userId}  ${r.bpm} bpm  ${r.id ?? '-'}`)
   }
 
-  private retry (why: string): void {
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt)
-    const delay = Math.round(base / 2 + Math.random() * base / 2)
-    this.attempt++
+  private disconnected (info: DisconnectInfo): void {
+    // A final end is reported through onError.
+    if (info.retryInMs === null) return
+    const why = info.status !== undefined
+      ? `handshake refused: ${serverMessage(info.status, info.body ?? '')}`
+      : info.opened
+        ? `connection closed (${info.code}${info.reason === '' ? '' : ' ' + info.reason})`
+        : `cannot connect (${info.reason === '' ? info.code : info.reason})`
     const resume = this.lastId === undefined ? '' : ` since ${this.lastId}`
-    this.opts.log(`${why === '' ? '' : why + '; '}reconnecting in ${(delay / 1000).toFixed(1)} s${resume}`)
-    this.retryTimer = setTimeout(() => this.connect(), delay)
+    this.opts.log(`${why}; reconnecting in ${(info.retryInMs / 1000).toFixed(1)} s${resume}`)
+  }
+
+  private clientError (err: HeartClientError | Error): void {
+    const code = 'code' in err ? err.code : undefined
+    if (code === 'token_expired') {
+      this.fail(`token expired (4001): get a new one (heart-gateway token ${this.opts.userId}) and run watch again${this.lastId !== undefined ? ` with --since ${this.lastId}` : ''}`)
+    } else if (code === 'refused') {
+      const e = err as HeartClientError
+      this.fail(`handshake refused: ${serverMessage(e.status ?? 0, e.body ?? '')}`)
+    } else {
+      this.opts.log(`${code ?? 'error'}: ${err.message}`)
+    }
   }
 }
 
