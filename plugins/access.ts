@@ -1,18 +1,18 @@
 import fp from 'fastify-plugin'
+import { Access } from '../src/heart/access.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Whether `viewerId` may read `ownerId`'s heart rate: every read path (socket, history) asks this. */
+    /** The access rule (src/heart/access.ts): the hub and the socket sessions ask it. */
+    access: Access
+    /** Whether `viewerId` may read `ownerId`'s heart rate: `access.canRead`, for routes. */
     canRead (viewerId: string, ownerId: string): Promise<boolean>
   }
 }
 
-/**
- * Authorization of reads: a user reads their own heart rate, and another's when that person has
- * shared it with them (PUT /shares/:viewerId). Asked on every read, never cached, so a withdrawn
- * grant takes effect on the next request; live subscriptions end through the hub's `revoked`.
- */
+/** Authorization of reads: the rule lives in src/heart/access.ts, this plugin only decorates it. */
 export default fp(async function access (fastify) {
-  const store = fastify.heartStore
-  fastify.decorate('canRead', async (viewerId: string, ownerId: string) => viewerId === ownerId || await store.isGranted(ownerId, viewerId))
+  const rule = new Access(fastify.heartStore)
+  fastify.decorate('access', rule)
+  fastify.decorate('canRead', async (viewerId: string, ownerId: string) => await rule.canRead(viewerId, ownerId))
 }, { name: 'access', dependencies: ['store'] })

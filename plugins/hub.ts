@@ -9,7 +9,7 @@ declare module 'fastify' {
 
 /** The subscription hub of this instance: fan-out of live readings to local sockets. */
 export default fp(async function hub (fastify) {
-  const hub = new Hub(fastify.heartStore, fastify.log, fastify.metrics)
+  const hub = new Hub(fastify.heartStore, fastify.access, fastify.log, fastify.metrics)
   fastify.decorate('hub', hub)
   fastify.addHook('onClose', async () => hub.close())
-}, { name: 'hub', dependencies: ['store', 'metrics'] })
+}, { name: 'hub', dependencies: ['store', 'access', 'metrics'] })

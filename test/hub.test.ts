@@ -1,4 +1,5 @@
 import t from 'tap'
+import { Access, ForbiddenError } from '../src/heart/access.js'
 import { Hub, Subscription, type Watcher } from '../src/heart/hub.js'
 import { MemoryStore } from '../src/heart/memory-store.js'
 import type { FeedListener, LiveReading } from '../src/heart/store.js'
@@ -33,7 +34,7 @@ function muteable (store: MemoryStore, hub: Hub): { muted: boolean } {
 
 t.test('a subscriber joining while the feed is away does not make existing watchers skip what they missed', async (t) => {
   const store = new MemoryStore(100)
-  const hub = new Hub(store, quiet)
+  const hub = new Hub(store, new Access(store), quiet)
   const feed = muteable(store, hub)
   const first = recorder('u1')
   await hub.subscribe(new Subscription(first, 'u1'), undefined, () => {})
@@ -59,7 +60,8 @@ t.test('a grant withdrawn while the subscription is being set up: subscribed is 
     await new Promise<void>((resolve) => { release = resolve })
     return await snapshot(userId)
   }
-  const hub = new Hub(store, quiet)
+  await store.grant('alice', 'bob', 100)
+  const hub = new Hub(store, new Access(store), quiet)
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
@@ -69,4 +71,114 @@ t.test('a grant withdrawn while the subscription is being set up: subscribed is 
   await subscribing
   t.same(viewer.frames, ['subscribed', 'revoked:alice'])
   t.equal(hub.subscriptionCount, 0)
+})
+
+/** Makes `store.snapshot` wait until the returned function is called, once. */
+function holdSnapshot (store: MemoryStore): () => void {
+  const snapshot = store.snapshot.bind(store)
+  let release: () => void = () => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  store.snapshot = async (userId) => {
+    store.snapshot = snapshot
+    await held
+    return await snapshot(userId)
+  }
+  return () => release()
+}
+
+t.test('a watcher who may not read the user is refused with ForbiddenError before anything is watched', async (t) => {
+  const store = new MemoryStore(100)
+  const hub = new Hub(store, new Access(store), quiet)
+  const viewer = recorder('bob')
+  const sub = new Subscription(viewer, 'alice')
+  await t.rejects(hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed')), new ForbiddenError('alice'))
+  t.same(viewer.frames, [])
+  t.equal(hub.topicCount, 0)
+  t.equal(store.feed.watched.size, 0, 'the feed was never asked to watch')
+})
+
+t.test('a grant withdrawn while set-up runs, its announcement lost: the check before going live catches it', async (t) => {
+  const store = new MemoryStore(100)
+  await store.grant('alice', 'bob', 100)
+  const hub = new Hub(store, new Access(store), quiet)
+  const feed = muteable(store, hub)
+  const release = holdSnapshot(store)
+  const viewer = recorder('bob')
+  const sub = new Subscription(viewer, 'alice')
+  const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
+  await eventually(() => hub.topicCount === 1)
+  feed.muted = true
+  await store.revoke('alice', 'bob')
+  feed.muted = false
+  release()
+  await subscribing
+  t.same(viewer.frames, ['subscribed', 'revoked:alice'])
+  t.equal(hub.topicCount, 0)
+})
+
+t.test('an unsubscribe while authorization is pending: nothing is watched or sent', async (t) => {
+  const store = new MemoryStore(100)
+  await store.grant('alice', 'bob', 100)
+  let release: () => void = () => {}
+  const access = new Access({
+    isGranted: async (ownerId, viewerId) => {
+      await new Promise<void>((resolve) => { release = resolve })
+      return await store.isGranted(ownerId, viewerId)
+    }
+  })
+  const hub = new Hub(store, access, quiet)
+  const viewer = recorder('bob')
+  const sub = new Subscription(viewer, 'alice')
+  const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
+  hub.unsubscribe(sub)
+  release()
+  await subscribing
+  t.same(viewer.frames, [])
+  t.equal(hub.topicCount, 0)
+})
+
+t.test('resubscribe answers the current state of what is already watched, and is refused once the grant is gone', async (t) => {
+  const store = new MemoryStore(100)
+  await store.grant('alice', 'bob', 100)
+  const hub = new Hub(store, new Access(store), quiet)
+  const sub = new Subscription(recorder('bob'), 'alice')
+  await hub.subscribe(sub, undefined, () => {})
+  const [id] = await store.append('alice', [{ bpm: 72, ts: 5 }])
+  t.same(await hub.resubscribe(sub), { current: { bpm: 72, ts: 5 }, lastId: id, truncated: false })
+  await store.revoke('alice', 'bob')
+  await t.rejects(hub.resubscribe(new Subscription(recorder('bob'), 'alice')), new ForbiddenError('alice'))
+})
+
+t.test('re-checking a watcher ends only the subscriptions whose grant is gone', async (t) => {
+  const store = new MemoryStore(100)
+  await store.grant('alice', 'bob', 100)
+  await store.grant('carol', 'bob', 100)
+  const hub = new Hub(store, new Access(store), quiet)
+  const feed = muteable(store, hub)
+  const bob = recorder('bob')
+  for (const owner of ['alice', 'carol', 'bob']) await hub.subscribe(new Subscription(bob, owner), undefined, () => {})
+  feed.muted = true
+  await store.revoke('alice', 'bob')
+  feed.muted = false
+  await hub.recheck(bob)
+  t.same(bob.frames, ['revoked:alice'])
+  t.equal(hub.subscriptionCount, 2, 'carol and bob himself are still watched')
+})
+
+t.test('a grant withdrawn while the feed was away ends the subscription when the feed resumes', async (t) => {
+  const store = new MemoryStore(100)
+  await store.grant('alice', 'bob', 100)
+  const hub = new Hub(store, new Access(store), quiet)
+  const feed = muteable(store, hub)
+  const bob = recorder('bob')
+  const alice = recorder('alice')
+  await hub.subscribe(new Subscription(bob, 'alice'), undefined, () => {})
+  await hub.subscribe(new Subscription(alice, 'alice'), undefined, () => {})
+  feed.muted = true
+  await store.revoke('alice', 'bob')
+  feed.muted = false
+  hub.resumed()
+  t.ok(await eventually(() => bob.frames.includes('revoked:alice'), 2000))
+  t.same(alice.frames, [], 'the owner watching herself is not revoked')
+  t.equal(hub.subscriptionCount, 1)
 })

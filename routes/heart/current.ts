@@ -25,7 +25,7 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
       maxBufferedBytes: config.MAX_BUFFERED_BYTES,
       messageRate: config.MESSAGE_RATE_LIMIT
     },
-    canRead: fastify.canRead,
+    access: fastify.access,
     verifyToken: fastify.tokens.verify,
     metrics: fastify.metrics
   }

@@ -1,3 +1,4 @@
+import type { Access } from './access.js'
 import { compareIds, type Current } from './reading.js'
 import { readingFrame } from './protocol.js'
 import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading } from './store.js'
@@ -98,12 +99,19 @@ const FILL_RETRY_MS = 1000
  * watch it (reference-counted), each reading serialised once and handed to every watcher, and
  * gap-free recovery both for a socket resuming with `since` and for this instance when its feed
  * connection comes back (it refills every topic from history, skipping what it already delivered).
+ * It owns a subscription from authorization to live, and ends it when the grant behind it goes:
+ * every grant check here asks the one access rule.
  */
 export class Hub implements FeedListener {
   private readonly topics = new Map<string, Topic>()
   private closed = false
 
-  constructor (private readonly store: HeartStore, private readonly log: HubLog, private readonly observer?: HubObserver) {
+  constructor (
+    private readonly store: HeartStore,
+    private readonly access: Access,
+    private readonly log: HubLog,
+    private readonly observer?: HubObserver
+  ) {
     store.feed.setListener(this)
   }
 
@@ -118,11 +126,16 @@ export class Hub implements FeedListener {
   }
 
   /**
-   * Subscribes a watcher. `onSubscribed` runs before any reading of this subscription is sent;
-   * then come the replayed readings after `since`, then live ones, with no gap or duplicate at the seam.
+   * Subscribes a watcher, once its user may read `sub.userId` (else rejects with ForbiddenError).
+   * `onSubscribed` runs before any reading of this subscription is sent; then come the replayed
+   * readings after `since`, then live ones, with no gap or duplicate at the seam. A subscription
+   * unsubscribed meanwhile stops at the next step; one whose grant is withdrawn meanwhile still
+   * answers `subscribed`, then the watcher hears `revoked`.
    */
   async subscribe (sub: Subscription, since: string | undefined, onSubscribed: (r: SubscribeResult) => void): Promise<void> {
     const { watcher, userId } = sub
+    await this.access.authorize(watcher.userId, userId)
+    if (!sub.active) return
     const topic = this.acquire(sub)
     try {
       await topic.ready
@@ -143,7 +156,11 @@ export class Hub implements FeedListener {
         page = page.readings.length < HISTORY_PAGE_MAX ? null : await this.store.history(userId, { since: sub.sentThrough, limit: HISTORY_PAGE_MAX })
         if (!sub.active) return
       }
-      if (sub.revokedEarly) {
+      // A grant withdrawn before the feed subscription existed was announced to nobody: ask once
+      // more, now that any later withdrawal marks this subscription. Readings stay held meanwhile.
+      const granted = await this.access.canRead(watcher.userId, userId)
+      if (!sub.active) return
+      if (sub.revokedEarly || !granted) {
         this.unsubscribe(sub)
         watcher.revoked(userId)
         return
@@ -153,6 +170,16 @@ export class Hub implements FeedListener {
       this.unsubscribe(sub)
       throw err
     }
+  }
+
+  /**
+   * `subscribe` again for what `sub` already watches: nothing changes, the watcher is only told
+   * the current state (rejects with ForbiddenError if it may no longer read it).
+   */
+  async resubscribe (sub: Subscription): Promise<SubscribeResult> {
+    await this.access.authorize(sub.watcher.userId, sub.userId)
+    const snap = await this.store.snapshot(sub.userId)
+    return { current: snap.current, lastId: snap.lastId, truncated: false }
   }
 
   unsubscribe (sub: Subscription): void {
@@ -209,19 +236,30 @@ export class Hub implements FeedListener {
   resumed (): void {
     for (const [userId, topic] of this.topics) {
       void this.fill(userId, topic)
-      void this.recheckGrants(userId, topic)
+      // A revocation published while the feed was away was missed.
+      void this.recheckGrants(userId, new Set([...topic.subs].map((sub) => sub.watcher.userId)), 'after the feed resumed')
     }
   }
 
-  /** A revocation published while the feed was away was missed: ask the store again for every viewer. */
-  private async recheckGrants (ownerId: string, topic: Topic): Promise<void> {
-    const viewers = new Set<string>()
-    for (const sub of topic.subs) if (sub.watcher.userId !== ownerId) viewers.add(sub.watcher.userId)
+  /** Asks the access rule again for every user `watcher`'s user watches, ending what it no longer may read. */
+  async recheck (watcher: Watcher): Promise<void> {
+    const owners = new Set<string>()
+    for (const [ownerId, topic] of this.topics) {
+      for (const sub of topic.subs) if (sub.watcher === watcher) owners.add(ownerId)
+    }
+    for (const ownerId of owners) await this.recheckGrants(ownerId, new Set([watcher.userId]), 'on request')
+  }
+
+  /**
+   * Ends every local subscription of these viewers to `ownerId` whose grant no longer holds, as a
+   * withdrawal announced by the feed would. A check that fails is logged and leaves the subscription.
+   */
+  private async recheckGrants (ownerId: string, viewers: Set<string>, when: string): Promise<void> {
     for (const viewerId of viewers) {
       try {
-        if (!await this.store.isGranted(ownerId, viewerId)) this.revoked(ownerId, viewerId)
+        if (!await this.access.canRead(viewerId, ownerId)) this.revoked(ownerId, viewerId)
       } catch (err) {
-        this.log.warn({ err, ownerId, viewerId }, 'could not re-check a grant after the feed resumed')
+        this.log.warn({ err, ownerId, viewerId }, `could not re-check a grant ${when}`)
       }
     }
   }

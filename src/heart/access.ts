@@ -1,0 +1,35 @@
+import type { HeartStore } from './store.js'
+
+/** What the access rule needs from a store: the grants alone. */
+export type GrantStore = Pick<HeartStore, 'isGranted'>
+
+/** `viewerId` may not read `ownerId`'s heart rate. */
+export class ForbiddenError extends Error {
+  constructor (readonly ownerId: string) {
+    super(`not allowed to read ${ownerId}`)
+    this.name = 'ForbiddenError'
+  }
+}
+
+/**
+ * Who may read whom, decided here and nowhere else: a user reads their own heart rate, and
+ * another's when that person has shared it with them (PUT /shares/:viewerId). Every read path
+ * (get, subscribe, the legacy frame, history) and every re-check of a live subscription asks this.
+ * It is asked each time, never cached, so a withdrawn grant takes effect at the next question.
+ *
+ * The argument order is always (viewerId, ownerId), "may viewer read owner"; the store's
+ * primitive `isGranted(ownerId, viewerId)` is called from here only.
+ */
+export class Access {
+  constructor (private readonly grants: GrantStore) {}
+
+  /** Whether `viewerId` may read `ownerId`'s heart rate. */
+  async canRead (viewerId: string, ownerId: string): Promise<boolean> {
+    return viewerId === ownerId || await this.grants.isGranted(ownerId, viewerId)
+  }
+
+  /** Resolves when `viewerId` may read `ownerId`'s heart rate; rejects with ForbiddenError otherwise. */
+  async authorize (viewerId: string, ownerId: string): Promise<void> {
+    if (!await this.canRead(viewerId, ownerId)) throw new ForbiddenError(ownerId)
+  }
+}
