@@ -4,7 +4,7 @@ import config, { type ConfigOptions } from '../plugins/config.js'
 import redis from '../plugins/redis.js'
 import store from '../plugins/store.js'
 import hub from '../plugins/hub.js'
-import auth from '../plugins/auth.js'
+import auth, { type AuthOptions } from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
 import metrics from '../plugins/metrics.js'
 import access from '../plugins/access.js'
@@ -21,21 +21,21 @@ import demo from '../routes/demo.js'
 import { StoreUnavailableError } from './heart/store.js'
 import { redactUrl } from './logger.js'
 
-export type AppOptions = ConfigOptions
+export type AppOptions = ConfigOptions & AuthOptions
 
 /**
  * The whole service as a plugin: tests build it without listening, src/server.ts runs it.
- * Order: config first (everything reads fastify.config while registering), then the plugins that
- * own resources, then routes.
+ * Order: config first (everything reads fastify.config while registering), auth next (it refuses
+ * a weak production JWT_SECRET before Redis is dialled), then the plugins that own resources, then routes.
  */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
-  await fastify.register(config, opts)
+  await fastify.register(config, { config: opts.config, env: opts.env })
+  await fastify.register(auth, { devSecretFile: opts.devSecretFile })
   await fastify.register(lifecycle)
   await fastify.register(metrics)
   await fastify.register(redis)
   await fastify.register(store)
   await fastify.register(hub)
-  await fastify.register(auth)
   await fastify.register(access)
   await fastify.register(rateLimit)
   await fastify.register(websocket)

@@ -11,28 +11,28 @@ const FORCE_EXIT_MS = 10000
 const IN_FLIGHT_MS = 3000
 
 async function main (): Promise<void> {
-  let bootstrap: Config
+  let config: Config
   try {
-    bootstrap = loadConfig(process.env)
+    config = loadConfig(process.env)
   } catch (err) {
     process.stderr.write(`heart-gateway: invalid configuration: ${(err as Error).message}\n`)
     process.exit(1)
   }
 
   const fastify = Fastify({
-    logger: loggerOptions(bootstrap.LOG_LEVEL),
-    trustProxy: trustProxyOption(bootstrap.TRUST_PROXY),
+    logger: loggerOptions(config.LOG_LEVEL),
+    trustProxy: trustProxyOption(config.TRUST_PROXY),
     // Long-lived sockets are not requests: only plain HTTP is bounded by these.
     requestTimeout: 30000,
     connectionTimeout: 0,
     return503OnClosing: true
   })
   // fp: the app's decorators (config, lifecycle) must be visible here, outside its scope.
-  fastify.register(fp(app))
+  fastify.register(fp(app), { config })
 
   try {
     await fastify.ready()
-    await fastify.listen({ host: fastify.config.HOST, port: fastify.config.PORT })
+    await fastify.listen({ host: config.HOST, port: config.PORT })
   } catch (err) {
     fastify.log.fatal({ err }, 'could not start')
     // Also on stderr: with LOG_LEVEL=silent (or above fatal) the log line above is dropped.
@@ -54,7 +54,7 @@ async function main (): Promise<void> {
       process.exit(1)
     }
     stopping = true
-    const grace = fastify.config.SHUTDOWN_GRACE_MS
+    const grace = config.SHUTDOWN_GRACE_MS
     fastify.log.info({ signal, graceMs: grace }, 'shutting down: draining')
     setTimeout(() => {
       fastify.log.error('shutdown did not finish in time: exiting')
