@@ -4,6 +4,7 @@ import { createPublicKey } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { DEV_SECRET_FILE, JWT_SECRET_MIN, loadDevSecret } from '../src/dev-secret.js'
 import { isUserId } from '../src/heart/reading.js'
+import { sendUnauthorized } from '../src/http-errors.js'
 
 /** Who a request speaks for, once its token has been accepted. */
 export interface Principal {
@@ -51,10 +52,6 @@ function tokenOf (request: FastifyRequest): string | null {
   if (header !== undefined) return BEARER.exec(header)?.[1] ?? ''
   const query = request.query as { access_token?: unknown } | undefined
   return typeof query?.access_token === 'string' ? query.access_token : null
-}
-
-function unauthorized (reply: FastifyReply, message: string): FastifyReply {
-  return reply.code(401).header('www-authenticate', 'Bearer').send({ statusCode: 401, error: 'Unauthorized', message })
 }
 
 export interface AuthOptions {
@@ -150,13 +147,13 @@ export default fp(async function auth (fastify, opts: AuthOptions) {
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply) {
     const token = tokenOf(request)
-    if (token === null) return unauthorized(reply, 'missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>')
-    if (token === '') return unauthorized(reply, 'malformed Authorization header: expected Bearer <jwt>')
+    if (token === null) return sendUnauthorized(reply, 'missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>')
+    if (token === '') return sendUnauthorized(reply, 'malformed Authorization header: expected Bearer <jwt>')
     try {
       request.principal = tokens.verify(token)
     } catch (err) {
       if (!(err instanceof AuthError)) throw err
-      return unauthorized(reply, err.message)
+      return sendUnauthorized(reply, err.message)
     }
   })
 }, { name: 'auth', dependencies: ['config'] })

@@ -1,4 +1,3 @@
-import { STATUS_CODES } from 'node:http'
 import type { FastifyInstance, FastifyError } from 'fastify'
 import config, { type ConfigOptions } from '../plugins/config.js'
 import redis from '../plugins/redis.js'
@@ -19,6 +18,7 @@ import shares from '../routes/shares.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import { StoreUnavailableError } from './heart/store.js'
+import { sendError } from './http-errors.js'
 import { redactUrl } from './logger.js'
 
 export type AppOptions = ConfigOptions & AuthOptions
@@ -44,17 +44,17 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err instanceof StoreUnavailableError) {
       request.log.warn({ err: err.cause }, 'heart store unavailable')
-      return reply.code(503).send({ statusCode: 503, error: 'Service Unavailable', message: 'heart-rate store is unavailable, try again shortly' })
+      return sendError(reply, 503, 'heart-rate store is unavailable, try again shortly')
     }
     const status = err.statusCode ?? 500
-    if (status < 500) return reply.code(status).send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: err.message })
+    if (status < 500) return sendError(reply, status, err.message)
     request.log.error({ err }, 'request failed')
-    return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'internal error' })
+    return sendError(reply, 500, 'internal error')
   })
 
   // Fastify's own 404 logs and echoes the raw URL, which may carry ?access_token=.
   fastify.setNotFoundHandler((request, reply) => {
-    return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `Route ${request.method}:${redactUrl(request.url)} not found` })
+    return sendError(reply, 404, `Route ${request.method}:${redactUrl(request.url)} not found`)
   })
 
   await fastify.register(health)
