@@ -2,11 +2,11 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { Ajv } from 'ajv'
 import type { FastifySchemaValidationError } from 'fastify'
 import { apiKeyChecker } from '../../src/api-keys.js'
+import { BATCH_MAX } from '../../src/heart/batch.js'
 import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId, type NewReading } from '../../src/heart/reading.js'
 import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
 import { errorResponses, sendError } from '../../src/http-errors.js'
 
-const BATCH_MAX = 500
 /** How far ahead of the server's clock a device's `ts` may be. */
 const FUTURE_TOLERANCE_MS = 60_000
 /** 2001-09-09: a smaller `ts` is almost always seconds sent where milliseconds belong. */
