@@ -54,15 +54,17 @@ async function main (): Promise<void> {
       process.exit(1)
     }
     stopping = true
-    const grace = config.SHUTDOWN_GRACE_MS
-    fastify.log.info({ signal, graceMs: grace }, 'shutting down: draining')
+    // The drain gives load balancers time to move traffic away. Development has none, and with
+    // nothing connected there is nothing to move (behind nginx, its keep-alive connections count).
+    const grace = config.NODE_ENV === 'development' || sockets.size === 0 ? 0 : config.SHUTDOWN_GRACE_MS
+    fastify.log.info({ signal, graceMs: grace }, grace === 0 ? 'shutting down' : 'shutting down: draining')
     setTimeout(() => {
       fastify.log.error('shutdown did not finish in time: exiting')
       process.exit(1)
     }, grace + FORCE_EXIT_MS).unref()
     // Health turns 503 and new sockets are refused; existing ones keep working while load balancers move traffic away.
     fastify.lifecycle.draining = true
-    await new Promise((resolve) => setTimeout(resolve, grace))
+    if (grace > 0) await new Promise((resolve) => setTimeout(resolve, grace))
     try {
       // close() waits for requests in flight, but also for connections that never carried one
       // (browsers open them ahead of use) and for any socket still open: every connection is cut
