@@ -1,8 +1,10 @@
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
 import { createPublicKey } from 'node:crypto'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { DEV_SECRET_FILE, JWT_SECRET_MIN, loadDevSecret } from '../src/dev-secret.js'
 import { isUserId } from '../src/heart/reading.js'
+import { sendUnauthorized } from '../src/http-errors.js'
 
 /** Who a request speaks for, once its token has been accepted. */
 export interface Principal {
@@ -52,8 +54,27 @@ function tokenOf (request: FastifyRequest): string | null {
   return typeof query?.access_token === 'string' ? query.access_token : null
 }
 
-function unauthorized (reply: FastifyReply, message: string): FastifyReply {
-  return reply.code(401).header('www-authenticate', 'Bearer').send({ statusCode: 401, error: 'Unauthorized', message })
+export interface AuthOptions {
+  /** Where a development JWT secret is kept when JWT_SECRET is not set (never in production). */
+  devSecretFile?: string
+}
+
+/**
+ * The HS256 secret. Production needs a JWT_SECRET strong enough; elsewhere an unset one is
+ * replaced by a generated secret kept in a file, so tokens survive restarts and the CLI can sign.
+ */
+async function signingSecret (fastify: FastifyInstance, file: string): Promise<string> {
+  const { JWT_SECRET, NODE_ENV } = fastify.config
+  if (NODE_ENV === 'production') {
+    if (JWT_SECRET === undefined || JWT_SECRET.length < JWT_SECRET_MIN) {
+      throw new Error(`env/JWT_SECRET must be set to at least ${JWT_SECRET_MIN} characters when NODE_ENV=production`)
+    }
+    return JWT_SECRET
+  }
+  if (JWT_SECRET !== undefined) return JWT_SECRET
+  const secret = await loadDevSecret(file)
+  fastify.log.warn({ file }, 'JWT_SECRET is not set: using a generated development secret (npm run token uses the same file); set JWT_SECRET in production')
+  return secret
 }
 
 /**
@@ -84,17 +105,19 @@ function publicKeyAlgorithm (pem: string): 'RS256' | 'ES256' {
  * JWT_PUBLIC_KEY, RS256/ES256 tokens minted by another service. Each mode accepts its own
  * algorithm only, so `alg: none` and algorithm confusion (an HS256 token "signed" with the public
  * key) fail. `sub` is the user id and must follow the user id rule; `exp` is required.
+ * Registered early: a JWT setting production refuses stops start-up before Redis is dialled.
  */
-export default fp(async function auth (fastify) {
-  const { JWT_SECRET, JWT_PUBLIC_KEY, TOKEN_TTL_S } = fastify.config
+export default fp(async function auth (fastify, opts: AuthOptions) {
+  const { JWT_PUBLIC_KEY, TOKEN_TTL_S } = fastify.config
   if (JWT_PUBLIC_KEY !== undefined) {
+    // JWT_SECRET plays no part: tokens come from another service and are only verified here.
     const pem = JWT_PUBLIC_KEY.replace(/\\n/g, '\n')
     const algorithm = publicKeyAlgorithm(pem)
     await fastify.register(fastifyJwt, { secret: { public: pem }, verify: { algorithms: [algorithm], requiredClaims: ['sub', 'exp'] } })
     fastify.log.info({ algorithm }, 'JWT_PUBLIC_KEY: verifying tokens minted by another service; login endpoints are off')
   } else {
     await fastify.register(fastifyJwt, {
-      secret: JWT_SECRET,
+      secret: await signingSecret(fastify, opts.devSecretFile ?? DEV_SECRET_FILE),
       sign: { algorithm: 'HS256' },
       verify: { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }
     })
@@ -124,13 +147,13 @@ export default fp(async function auth (fastify) {
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply) {
     const token = tokenOf(request)
-    if (token === null) return unauthorized(reply, 'missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>')
-    if (token === '') return unauthorized(reply, 'malformed Authorization header: expected Bearer <jwt>')
+    if (token === null) return sendUnauthorized(reply, 'missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>')
+    if (token === '') return sendUnauthorized(reply, 'malformed Authorization header: expected Bearer <jwt>')
     try {
       request.principal = tokens.verify(token)
     } catch (err) {
       if (!(err instanceof AuthError)) throw err
-      return unauthorized(reply, err.message)
+      return sendUnauthorized(reply, err.message)
     }
   })
 }, { name: 'auth', dependencies: ['config'] })

@@ -1,99 +1,67 @@
 import fp from 'fastify-plugin'
-import fastifyEnv from '@fastify/env'
 import envSchema from 'env-schema'
 import { isIP } from 'node:net'
-import { loadDevSecret } from '../src/dev-secret.js'
+import { Type, type Static } from '@fastify/type-provider-typebox'
 
-/** Every setting of the service. The names are a contract with operators: README, "Configuration". */
-export const configSchema = {
-  type: 'object',
-  required: [],
-  properties: {
-    HOST: { type: 'string', default: '0.0.0.0' },
-    PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
-    LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    NODE_ENV: { type: 'string', enum: ['development', 'production', 'test'], default: 'development' },
-    REDIS_URL: { type: 'string', pattern: '^rediss?://' },
-    // Redis Cluster or Sentinel instead of REDIS_URL: comma lists of host:port.
-    REDIS_CLUSTER_NODES: { type: 'string', pattern: '^[^,:\\s]+:[0-9]{1,5}(,[^,:\\s]+:[0-9]{1,5})*$' },
-    REDIS_SENTINELS: { type: 'string', pattern: '^[^,:\\s]+:[0-9]{1,5}(,[^,:\\s]+:[0-9]{1,5})*$' },
-    REDIS_SENTINEL_NAME: { type: 'string', minLength: 1 },
-    REDIS_PASSWORD: { type: 'string', minLength: 1 },
-    JWT_SECRET: { type: 'string', minLength: 1 },
-    HEART_KEY_PREFIX: { type: 'string', pattern: '^[^{}\\s]*$', maxLength: 64, default: 'heart:' },
-    MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 64, maximum: 1048576, default: 4096 },
-    PING_INTERVAL_MS: { type: 'integer', minimum: 50, maximum: 3600000, default: 25000 },
-    SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, maximum: 600000, default: 10000 },
-    // true, false, or a comma list of proxy addresses, CIDR ranges, or loopback/linklocal/uniquelocal (checkTrustProxy).
-    TRUST_PROXY: { type: 'string', default: 'false' },
-    INGEST_API_KEYS: { type: 'string', separator: ',', default: '' },
-    HISTORY_MAX: { type: 'integer', minimum: 1, maximum: 10000000, default: 10000 },
-    MAX_SUBSCRIPTIONS_PER_CONNECTION: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
-    MAX_BUFFERED_BYTES: { type: 'integer', minimum: 1024, maximum: 1073741824, default: 1048576 },
-    LEGACY_KEYSPACE_EVENTS: { type: 'boolean', default: false },
-    // Identity and access
-    JWT_PUBLIC_KEY: { type: 'string', minLength: 1 },
-    TOKEN_TTL_S: { type: 'integer', minimum: 60, maximum: 2592000, default: 7200 },
-    WECHAT_APPID: { type: 'string', minLength: 1 },
-    WECHAT_SECRET: { type: 'string', minLength: 1 },
-    WECHAT_API_BASE: { type: 'string', pattern: '^https?://[^\\s]+$', default: 'https://api.weixin.qq.com' },
-    WECHAT_TIMEOUT_MS: { type: 'integer', minimum: 100, maximum: 60000, default: 5000 },
-    LOGIN_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 100000, default: 10 },
-    ENABLE_DEV_LOGIN: { type: 'boolean', default: false },
-    // No default: unset means on outside production (routes/demo.ts).
-    ENABLE_DEMO: { type: 'boolean' },
-    MAX_CONNECTIONS_PER_USER: { type: 'integer', minimum: 1, maximum: 1000000, default: 5 },
-    ALLOWED_ORIGINS: { type: 'string', separator: ',', default: '' },
-    // Flood control
-    MESSAGE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 20 },
-    UPGRADE_RATE_LIMIT: { type: 'integer', minimum: 1, maximum: 1000000, default: 60 },
-    // Operations
-    METRICS_TOKEN: { type: 'string', minLength: 16 },
-    ENABLE_API_DOCS: { type: 'boolean' }
-  }
-} as const
-
-export interface Config {
-  HOST: string
-  PORT: number
-  LOG_LEVEL: string
-  NODE_ENV: 'development' | 'production' | 'test'
-  REDIS_URL?: string
-  REDIS_CLUSTER_NODES?: string
-  REDIS_SENTINELS?: string
-  REDIS_SENTINEL_NAME?: string
-  /** For REDIS_CLUSTER_NODES and REDIS_SENTINELS (REDIS_URL carries its own). */
-  REDIS_PASSWORD?: string
-  /** Unset only in public-key mode (JWT_PUBLIC_KEY). */
-  JWT_SECRET: string
-  HEART_KEY_PREFIX: string
-  MAX_PAYLOAD_BYTES: number
-  PING_INTERVAL_MS: number
-  SHUTDOWN_GRACE_MS: number
-  TRUST_PROXY: string
-  INGEST_API_KEYS: string[]
-  HISTORY_MAX: number
-  MAX_SUBSCRIPTIONS_PER_CONNECTION: number
-  MAX_BUFFERED_BYTES: number
-  LEGACY_KEYSPACE_EVENTS: boolean
-  JWT_PUBLIC_KEY?: string
-  TOKEN_TTL_S: number
-  WECHAT_APPID?: string
-  WECHAT_SECRET?: string
-  WECHAT_API_BASE: string
-  WECHAT_TIMEOUT_MS: number
-  LOGIN_RATE_LIMIT: number
-  ENABLE_DEV_LOGIN: boolean
-  /** The demo page at /demo; unset: on unless NODE_ENV=production. */
-  ENABLE_DEMO?: boolean
-  MAX_CONNECTIONS_PER_USER: number
-  ALLOWED_ORIGINS: string[]
-  MESSAGE_RATE_LIMIT: number
-  UPGRADE_RATE_LIMIT: number
-  METRICS_TOKEN?: string
-  /** Unset: on outside production. */
-  ENABLE_API_DOCS?: boolean
+/** A comma list: env-schema's `separator` splits the text into an array while validating. */
+function commaList (): ReturnType<typeof Type.Unsafe<string[]>> {
+  return Type.Unsafe<string[]>({ type: 'string', separator: ',', default: '' })
 }
+
+const HOST_PORT_LIST = '^[^,:\\s]+:[0-9]{1,5}(,[^,:\\s]+:[0-9]{1,5})*$'
+
+/**
+ * Every setting of the service, and the only place one is declared: `Config` is derived from it.
+ * The names are a contract with operators: README, "Configuration".
+ */
+export const configSchema = Type.Object({
+  HOST: Type.String({ default: '0.0.0.0' }),
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  NODE_ENV: Type.Enum(['development', 'production', 'test'], { default: 'development' }),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  // Redis Cluster or Sentinel instead of REDIS_URL: comma lists of host:port.
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ pattern: HOST_PORT_LIST })),
+  REDIS_SENTINELS: Type.Optional(Type.String({ pattern: HOST_PORT_LIST })),
+  REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
+  // For REDIS_CLUSTER_NODES and REDIS_SENTINELS (REDIS_URL carries its own).
+  REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  // Unset: a generated development secret, or refused in production (plugins/auth.ts).
+  JWT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  HEART_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', maxLength: 64, default: 'heart:' }),
+  MAX_PAYLOAD_BYTES: Type.Integer({ minimum: 64, maximum: 1048576, default: 4096 }),
+  PING_INTERVAL_MS: Type.Integer({ minimum: 50, maximum: 3600000, default: 25000 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600000, default: 10000 }),
+  // true, false, or a comma list of proxy addresses, CIDR ranges, or loopback/linklocal/uniquelocal (checkTrustProxy).
+  TRUST_PROXY: Type.String({ default: 'false' }),
+  INGEST_API_KEYS: commaList(),
+  HISTORY_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 10000 }),
+  MAX_SUBSCRIPTIONS_PER_CONNECTION: Type.Integer({ minimum: 1, maximum: 10000, default: 20 }),
+  MAX_BUFFERED_BYTES: Type.Integer({ minimum: 1024, maximum: 1073741824, default: 1048576 }),
+  LEGACY_KEYSPACE_EVENTS: Type.Boolean({ default: false }),
+  // Identity and access
+  JWT_PUBLIC_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  TOKEN_TTL_S: Type.Integer({ minimum: 60, maximum: 2592000, default: 7200 }),
+  WECHAT_APPID: Type.Optional(Type.String({ minLength: 1 })),
+  WECHAT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  WECHAT_API_BASE: Type.String({ pattern: '^https?://[^\\s]+$', default: 'https://api.weixin.qq.com' }),
+  WECHAT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60000, default: 5000 }),
+  LOGIN_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 100000, default: 10 }),
+  ENABLE_DEV_LOGIN: Type.Boolean({ default: false }),
+  // No default: unset means on outside production (routes/demo.ts).
+  ENABLE_DEMO: Type.Optional(Type.Boolean()),
+  MAX_CONNECTIONS_PER_USER: Type.Integer({ minimum: 1, maximum: 1000000, default: 5 }),
+  ALLOWED_ORIGINS: commaList(),
+  // Flood control
+  MESSAGE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 20 }),
+  UPGRADE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
+  // Operations
+  METRICS_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  // No default: unset means on outside production (plugins/api-docs.ts).
+  ENABLE_API_DOCS: Type.Optional(Type.Boolean())
+})
+
+export type Config = Static<typeof configSchema>
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -104,13 +72,11 @@ declare module 'fastify' {
 export type Env = Record<string, string | undefined>
 
 export interface ConfigOptions {
-  /** The settings to read; defaults to process.env. Tests pass their own. */
+  /** Settings loadConfig has validated already (src/server.ts needs them before Fastify exists). */
+  config?: Config
+  /** Otherwise the settings to read; defaults to process.env. Tests pass their own. */
   env?: Env
-  /** Where a development JWT secret is kept when JWT_SECRET is not set (never in production). */
-  devSecretFile?: string
 }
-
-const JWT_SECRET_MIN = 32
 
 const NAMED_PROXY_RANGES = new Set(['loopback', 'linklocal', 'uniquelocal'])
 
@@ -142,9 +108,10 @@ function checkRedisChoice (cfg: Config): void {
   }
 }
 
-/** Validates settings as the plugin does, for server.ts, which needs some before Fastify exists. */
+/** Validates the settings: types, defaults, ranges; throws naming the variable. */
 export function loadConfig (env: Env): Config {
-  const config = envSchema({ schema: structuredClone(configSchema), data: env, env: false }) as unknown as Config
+  // A copy: env-schema adds to the schema it is given.
+  const config = envSchema<Config>({ schema: structuredClone(configSchema), data: env, env: false })
   checkTrustProxy(config.TRUST_PROXY)
   checkRedisChoice(config)
   return config
@@ -160,20 +127,11 @@ export function trustProxyOption (value: string): boolean | string {
   return value
 }
 
+/**
+ * `fastify.config`: the settings, validated once. No @fastify/env: the server validates before
+ * Fastify exists (logger, trustProxy) and hands the result over, so this plugin only validates
+ * when it is given an environment instead (tests).
+ */
 export default fp(async function config (fastify, opts: ConfigOptions) {
-  await fastify.register(fastifyEnv, { schema: structuredClone(configSchema), data: opts.env ?? process.env, env: false })
-  const cfg = fastify.config
-  checkTrustProxy(cfg.TRUST_PROXY)
-  checkRedisChoice(cfg)
-  if (cfg.JWT_PUBLIC_KEY !== undefined) {
-    // Tokens come from another service and are only verified here; JWT_SECRET plays no part.
-  } else if (cfg.NODE_ENV === 'production') {
-    if (cfg.JWT_SECRET === undefined || cfg.JWT_SECRET.length < JWT_SECRET_MIN) {
-      throw new Error(`env/JWT_SECRET must be set to at least ${JWT_SECRET_MIN} characters when NODE_ENV=production`)
-    }
-  } else if (cfg.JWT_SECRET === undefined) {
-    const file = opts.devSecretFile ?? '.heart-gateway/dev-jwt-secret'
-    cfg.JWT_SECRET = await loadDevSecret(file)
-    fastify.log.warn({ file }, 'JWT_SECRET is not set: using a generated development secret (npm run token uses the same file); set JWT_SECRET in production')
-  }
+  fastify.decorate('config', opts.config ?? loadConfig(opts.env ?? process.env))
 }, { name: 'config' })

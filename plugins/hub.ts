@@ -11,5 +11,7 @@ declare module 'fastify' {
 export default fp(async function hub (fastify) {
   const hub = new Hub(fastify.heartStore, fastify.access, fastify.log, fastify.metrics)
   fastify.decorate('hub', hub)
+  fastify.metrics.gauge('heart_subscriptions', 'Live subscriptions (socket × watched user)', () => hub.subscriptionCount)
+  fastify.metrics.gauge('heart_watched_users', 'Users this instance holds a Redis subscription for', () => hub.topicCount)
   fastify.addHook('onClose', async () => hub.close())
 }, { name: 'hub', dependencies: ['store', 'access', 'metrics'] })

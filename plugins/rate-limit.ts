@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyRateLimit from '@fastify/rate-limit'
 import type { FastifyRequest } from 'fastify'
+import { errorBody } from '../src/http-errors.js'
 
 /**
  * The client a limit counts against: its address as Fastify sees it (behind nginx, the real
@@ -18,10 +19,7 @@ export default fp(async function rateLimit (fastify) {
   await fastify.register(fastifyRateLimit, {
     global: false,
     keyGenerator: clientKey,
-    errorResponseBuilder: (_request, context) => ({
-      statusCode: 429,
-      error: 'Too Many Requests',
-      message: `rate limit exceeded: at most ${context.max} per window, retry in ${context.after}`
-    })
+    // Thrown by the plugin: the app's error handler answers with it.
+    errorResponseBuilder: (_request, context) => errorBody(429, `rate limit exceeded: at most ${context.max} per window, retry in ${context.after}`)
   })
 }, { name: 'rate-limit' })

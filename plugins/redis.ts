@@ -62,6 +62,7 @@ export default fp(async function redis (fastify) {
     if (!up) fastify.log.info('redis connection re-established')
     up = true
   })
+  fastify.metrics.gauge('heart_redis_up', '1 while the Redis command connection is ready', () => client.status === 'ready' ? 1 : 0)
   // The client is ours to close: QUIT needs a live connection, and shutting down while Redis is away must not fail.
   fastify.addHook('onClose', async () => {
     if (client.status === 'ready') await client.quit().catch(() => client.disconnect())
@@ -69,4 +70,4 @@ export default fp(async function redis (fastify) {
   })
   // @fastify/redis types its client as Redis; a Cluster answers the same commands the store uses.
   await fastify.register(fastifyRedis, { client: client as Redis })
-}, { name: 'redis', dependencies: ['config'] })
+}, { name: 'redis', dependencies: ['config', 'metrics'] })

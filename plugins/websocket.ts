@@ -45,6 +45,8 @@ export default fp(async function websocket (fastify) {
     }
   })
 
+  fastify.metrics.gauge('heart_connections_open', 'Open WebSocket connections', () => fastify.websocketServer.clients.size)
+
   // One timer for all sockets; a socket counts as alive when it answered a ping or sent anything.
   const alive = new WeakSet<WebSocket>()
   function markAlive (this: WebSocket): void {
@@ -67,4 +69,4 @@ export default fp(async function websocket (fastify) {
   }, PING_INTERVAL_MS)
   heartbeat.unref()
   fastify.addHook('onClose', async () => clearInterval(heartbeat))
-}, { name: 'websocket', dependencies: ['config'] })
+}, { name: 'websocket', dependencies: ['config', 'metrics'] })

@@ -1,8 +1,7 @@
-import { STATUS_CODES } from 'node:http'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
-import type { FastifyReply } from 'fastify'
 import { USER_ID_PATTERN } from '../src/heart/reading.js'
+import { errorResponses, sendError } from '../src/http-errors.js'
 import { WeChatError, createWeChatClient } from '../src/wechat.js'
 
 const WeChatBody = Type.Object({
@@ -19,22 +18,10 @@ const Login = Type.Object({
   userId: Type.String()
 })
 
-const ErrorBody = Type.Object({
-  statusCode: Type.Integer(),
-  error: Type.String(),
-  message: Type.String(),
-  code: Type.Optional(Type.String())
-})
-
-const errorResponses = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 429: ErrorBody, 501: ErrorBody, 502: ErrorBody }
+const errors = errorResponses(400, 401, 403, 429, 501, 502)
 
 /** A login body of the wrong type or with extra properties is a client bug: no coercion, no silent stripping. */
 const strictAjv = new Ajv({ coerceTypes: false, useDefaults: true, allErrors: false, strict: false })
-
-function fail (reply: FastifyReply, statusCode: number, message: string, code?: string): FastifyReply {
-  const body = { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message }
-  return reply.code(statusCode).send(code === undefined ? body : { ...body, code })
-}
 
 /**
  * Login: `POST /auth/wechat` trades a mini program's wx.login() code for a token; `POST /auth/dev`
@@ -54,17 +41,17 @@ const auth: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/auth/wechat', {
     config: { rateLimit },
-    schema: { summary: 'Log in with the code from wx.login()', body: WeChatBody, response: { 200: Login, ...errorResponses } }
+    schema: { summary: 'Log in with the code from wx.login()', body: WeChatBody, response: { 200: Login, ...errors } }
   }, async (request, reply) => {
-    if (issue === null) return fail(reply, 501, NO_ISSUER)
-    if (wechat === null) return fail(reply, 501, 'WeChat login is not configured: set WECHAT_APPID and WECHAT_SECRET')
+    if (issue === null) return sendError(reply, 501, NO_ISSUER)
+    if (wechat === null) return sendError(reply, 501, 'WeChat login is not configured: set WECHAT_APPID and WECHAT_SECRET')
     let openid: string
     try {
       ({ openid } = await wechat.code2Session(request.body.code))
     } catch (err) {
       if (!(err instanceof WeChatError)) throw err
       request.log[err.statusCode === 502 ? 'warn' : 'info']({ wechat: err.detail }, `wechat login refused: ${err.code}`)
-      return fail(reply, err.statusCode, err.message, err.code)
+      return sendError(reply, err.statusCode, err.message, err.code)
     }
     const { token, expiresIn } = issue(openid)
     request.log.info({ userId: openid }, 'wechat login')
@@ -79,9 +66,9 @@ const auth: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.log.warn('dev login is on (ENABLE_DEV_LOGIN): POST /auth/dev mints a token for any user id; never enable it where real users connect')
   fastify.post('/auth/dev', {
     config: { rateLimit },
-    schema: { summary: 'Development only: a token for any user id', body: DevBody, response: { 200: Login, ...errorResponses } }
+    schema: { summary: 'Development only: a token for any user id', body: DevBody, response: { 200: Login, ...errors } }
   }, async (request, reply) => {
-    if (issue === null) return fail(reply, 501, NO_ISSUER)
+    if (issue === null) return sendError(reply, 501, NO_ISSUER)
     const { userId } = request.body
     const { token, expiresIn } = issue(userId)
     request.log.warn({ userId }, 'dev login')

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { apiKeyChecker } from '../src/api-keys.js'
+import { sendUnauthorized } from '../src/http-errors.js'
 
 /**
  * GET /metrics in Prometheus text format. Scrape it on the instance's own port from the internal
@@ -14,9 +15,7 @@ const metricsRoute: FastifyPluginAsync = async (fastify) => {
     if (token !== undefined) {
       const header = request.headers.authorization
       const given = header?.startsWith('Bearer ') === true ? header.slice(7) : undefined
-      if (!validToken(given)) {
-        return reply.code(401).header('www-authenticate', 'Bearer').send({ statusCode: 401, error: 'Unauthorized', message: 'metrics need Authorization: Bearer <METRICS_TOKEN>' })
-      }
+      if (!validToken(given)) return sendUnauthorized(reply, 'metrics need Authorization: Bearer <METRICS_TOKEN>')
     }
     return reply.type(registry.contentType).send(await registry.metrics())
   })

@@ -1,11 +1,11 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { USER_ID_PATTERN } from '../src/heart/reading.js'
+import { errorResponses, sendError } from '../src/http-errors.js'
 
 /** A person shares with family and carers, not with a crowd; the cap keeps a set small and its checks cheap. */
 const MAX_VIEWERS = 100
 
 const ViewerParams = Type.Object({ viewerId: Type.String({ pattern: USER_ID_PATTERN }) })
-const ErrorBody = Type.Object({ statusCode: Type.Integer(), error: Type.String(), message: Type.String() })
 const Share = Type.Object({ ownerId: Type.String(), viewerId: Type.String() })
 
 /**
@@ -21,14 +21,14 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       summary: 'Let a viewer read my heart rate',
       params: ViewerParams,
-      response: { 200: Share, 400: ErrorBody, 401: ErrorBody, 409: ErrorBody, 503: ErrorBody }
+      response: { 200: Share, ...errorResponses(400, 401, 409, 503) }
     }
   }, async (request, reply) => {
     const ownerId = request.principal!.userId
     const { viewerId } = request.params
-    if (viewerId === ownerId) return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'params/viewerId is yourself: you can always read your own heart rate' })
+    if (viewerId === ownerId) return sendError(reply, 400, 'params/viewerId is yourself: you can always read your own heart rate')
     if (!await store.grant(ownerId, viewerId, MAX_VIEWERS)) {
-      return reply.code(409).send({ statusCode: 409, error: 'Conflict', message: `at most ${MAX_VIEWERS} viewers; withdraw one first` })
+      return sendError(reply, 409, `at most ${MAX_VIEWERS} viewers; withdraw one first`)
     }
     return { ownerId, viewerId }
   })
@@ -37,16 +37,16 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       summary: 'Withdraw a viewer\'s access; their live subscriptions end at once',
       params: ViewerParams,
-      response: { 204: Type.Null(), 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 503: ErrorBody }
+      response: { 204: Type.Null(), ...errorResponses(400, 401, 404, 503) }
     }
   }, async (request, reply) => {
     const ownerId = request.principal!.userId
     const { viewerId } = request.params
     // Revoking tells every instance to end the viewer's subscriptions to the owner: for yourself
     // that would end your own.
-    if (viewerId === ownerId) return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'params/viewerId is yourself: your own access cannot be withdrawn' })
+    if (viewerId === ownerId) return sendError(reply, 400, 'params/viewerId is yourself: your own access cannot be withdrawn')
     if (!await store.revoke(ownerId, viewerId)) {
-      return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `${viewerId} has no access to share` })
+      return sendError(reply, 404, `${viewerId} has no access to share`)
     }
     return reply.code(204).send(null)
   })
@@ -54,7 +54,7 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/shares', {
     schema: {
       summary: 'Who may read my heart rate',
-      response: { 200: Type.Object({ ownerId: Type.String(), viewers: Type.Array(Type.String()) }), 401: ErrorBody, 503: ErrorBody }
+      response: { 200: Type.Object({ ownerId: Type.String(), viewers: Type.Array(Type.String()) }), ...errorResponses(401, 503) }
     }
   }, async (request) => {
     const ownerId = request.principal!.userId
@@ -64,7 +64,7 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/shares/watching', {
     schema: {
       summary: 'Whose heart rate I may read',
-      response: { 200: Type.Object({ viewerId: Type.String(), owners: Type.Array(Type.String()) }), 401: ErrorBody, 503: ErrorBody }
+      response: { 200: Type.Object({ viewerId: Type.String(), owners: Type.Array(Type.String()) }), ...errorResponses(401, 503) }
     }
   }, async (request) => {
     const viewerId = request.principal!.userId

@@ -1,10 +1,9 @@
-import { STATUS_CODES } from 'node:http'
 import type { FastifyInstance, FastifyError } from 'fastify'
 import config, { type ConfigOptions } from '../plugins/config.js'
 import redis from '../plugins/redis.js'
 import store from '../plugins/store.js'
 import hub from '../plugins/hub.js'
-import auth from '../plugins/auth.js'
+import auth, { type AuthOptions } from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
 import metrics from '../plugins/metrics.js'
 import access from '../plugins/access.js'
@@ -20,24 +19,25 @@ import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import root from '../routes/root.js'
 import { StoreUnavailableError } from './heart/store.js'
+import { sendError } from './http-errors.js'
 import { redactUrl } from './logger.js'
 
-export type AppOptions = ConfigOptions
+export type AppOptions = ConfigOptions & AuthOptions
 
 /**
  * The whole service as a plugin: tests build it without listening, src/server.ts runs it.
- * Order: config first (everything reads fastify.config while registering), then the plugins that
- * own resources, then routes.
+ * Order: config first (everything reads fastify.config while registering), auth next (it refuses
+ * a weak production JWT_SECRET before Redis is dialled), then the plugins that own resources, then routes.
  */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
-  await fastify.register(config, opts)
+  await fastify.register(config, { config: opts.config, env: opts.env })
+  await fastify.register(auth, { devSecretFile: opts.devSecretFile })
   await fastify.register(lifecycle)
   await fastify.register(metrics)
   await fastify.register(redis)
   await fastify.register(store)
   await fastify.register(access)
   await fastify.register(hub)
-  await fastify.register(auth)
   await fastify.register(rateLimit)
   await fastify.register(websocket)
   await fastify.register(apiDocs)
@@ -45,17 +45,17 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err instanceof StoreUnavailableError) {
       request.log.warn({ err: err.cause }, 'heart store unavailable')
-      return reply.code(503).send({ statusCode: 503, error: 'Service Unavailable', message: 'heart-rate store is unavailable, try again shortly' })
+      return sendError(reply, 503, 'heart-rate store is unavailable, try again shortly')
     }
     const status = err.statusCode ?? 500
-    if (status < 500) return reply.code(status).send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: err.message })
+    if (status < 500) return sendError(reply, status, err.message)
     request.log.error({ err }, 'request failed')
-    return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'internal error' })
+    return sendError(reply, 500, 'internal error')
   })
 
   // Fastify's own 404 logs and echoes the raw URL, which may carry ?access_token=.
   fastify.setNotFoundHandler((request, reply) => {
-    return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `Route ${request.method}:${redactUrl(request.url)} not found` })
+    return sendError(reply, 404, `Route ${request.method}:${redactUrl(request.url)} not found`)
   })
 
   await fastify.register(health)

@@ -11,28 +11,28 @@ const FORCE_EXIT_MS = 10000
 const IN_FLIGHT_MS = 3000
 
 async function main (): Promise<void> {
-  let bootstrap: Config
+  let config: Config
   try {
-    bootstrap = loadConfig(process.env)
+    config = loadConfig(process.env)
   } catch (err) {
     process.stderr.write(`heart-gateway: invalid configuration: ${(err as Error).message}\n`)
     process.exit(1)
   }
 
   const fastify = Fastify({
-    logger: loggerOptions(bootstrap.LOG_LEVEL),
-    trustProxy: trustProxyOption(bootstrap.TRUST_PROXY),
+    logger: loggerOptions(config.LOG_LEVEL),
+    trustProxy: trustProxyOption(config.TRUST_PROXY),
     // Long-lived sockets are not requests: only plain HTTP is bounded by these.
     requestTimeout: 30000,
     connectionTimeout: 0,
     return503OnClosing: true
   })
   // fp: the app's decorators (config, lifecycle) must be visible here, outside its scope.
-  fastify.register(fp(app))
+  fastify.register(fp(app), { config })
 
   try {
     await fastify.ready()
-    await fastify.listen({ host: fastify.config.HOST, port: fastify.config.PORT })
+    await fastify.listen({ host: config.HOST, port: config.PORT })
   } catch (err) {
     fastify.log.fatal({ err }, 'could not start')
     // Also on stderr: with LOG_LEVEL=silent (or above fatal) the log line above is dropped.
@@ -54,15 +54,17 @@ async function main (): Promise<void> {
       process.exit(1)
     }
     stopping = true
-    const grace = fastify.config.SHUTDOWN_GRACE_MS
-    fastify.log.info({ signal, graceMs: grace }, 'shutting down: draining')
+    // The drain gives load balancers time to move traffic away. Development has none, and with
+    // nothing connected there is nothing to move (behind nginx, its keep-alive connections count).
+    const grace = config.NODE_ENV === 'development' || sockets.size === 0 ? 0 : config.SHUTDOWN_GRACE_MS
+    fastify.log.info({ signal, graceMs: grace }, grace === 0 ? 'shutting down' : 'shutting down: draining')
     setTimeout(() => {
       fastify.log.error('shutdown did not finish in time: exiting')
       process.exit(1)
     }, grace + FORCE_EXIT_MS).unref()
     // Health turns 503 and new sockets are refused; existing ones keep working while load balancers move traffic away.
     fastify.lifecycle.draining = true
-    await new Promise((resolve) => setTimeout(resolve, grace))
+    if (grace > 0) await new Promise((resolve) => setTimeout(resolve, grace))
     try {
       // close() waits for requests in flight, but also for connections that never carried one
       // (browsers open them ahead of use) and for any socket still open: every connection is cut

@@ -4,8 +4,10 @@ import { existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Fastify from 'fastify'
+import fp from 'fastify-plugin'
+import appPlugin from '../src/app.js'
 import { configSchema, loadConfig, trustProxyOption } from '../plugins/config.js'
-import { TEST_SECRET, build, token } from './helper.js'
+import { TEST_SECRET, build, testEnv, token } from './helper.js'
 
 /** What each setting is when nothing sets it. Every setting of the schema must be listed here. */
 const DEFAULTS: Record<string, unknown> = {
@@ -51,6 +53,12 @@ async function tempDir (t: Test): Promise<string> {
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
 }
+
+/** The generated development secret: the auth plugin keeps it in its file, not in app.config. */
+async function devSecret (file: string): Promise<string> {
+  return (await readFile(file, 'utf8')).trim()
+}
+
 t.test('every setting of the schema has a known default', async (t) => {
   t.same(Object.keys(configSchema.properties).sort(), Object.keys(DEFAULTS).sort(),
     'a new setting needs its default listed in DEFAULTS')
@@ -140,7 +148,16 @@ t.test('loadConfig gives the defaults for an empty environment and coerces what 
 t.test('loadConfig does not change the shared schema (defaults survive repeated loads)', async (t) => {
   loadConfig({ PORT: '1234' })
   t.equal(loadConfig({}).PORT, 3000)
-  t.equal(configSchema.properties.PORT.default, 3000)
+  t.equal((configSchema.properties.PORT as { default?: unknown }).default, 3000)
+})
+
+t.test('settings validated already are used as given, not validated again', async (t) => {
+  const config = loadConfig(testEnv())
+  const f = Fastify()
+  t.teardown(() => f.close())
+  await f.register(fp(appPlugin), { config })
+  await f.ready()
+  t.equal(f.config, config, 'the very object src/server.ts validated')
 })
 
 t.test('trustProxyOption turns TRUST_PROXY into what Fastify takes', async (t) => {
@@ -187,23 +204,25 @@ t.test('without JWT_SECRET outside production a secret is generated, kept with m
   const file = join(await tempDir(t), 'nested', 'dev-jwt-secret')
   const logs: string[] = []
   const app = await build(t, { JWT_SECRET: undefined }, { logs, devSecretFile: file })
-  const secret = app.config.JWT_SECRET
+  const secret = await devSecret(file)
   t.ok(secret.length >= 32, 'a secret of at least 32 characters')
-  t.equal((await readFile(file, 'utf8')).trim(), secret, 'kept in the file')
+  t.equal(app.config.JWT_SECRET, undefined, 'the settings stay as given')
   t.equal((await stat(file)).mode & 0o777, 0o600, 'readable by its owner only')
   const warnings = logs.map((l) => JSON.parse(l)).filter((l) => l.level === 40 && /JWT_SECRET/.test(l.msg))
   t.equal(warnings.length, 1, 'one warning names JWT_SECRET')
   t.notOk(logs.some((l) => l.includes(secret)), 'the secret itself is never logged')
   const ws = await app.injectWS('/heart/current', { headers: { authorization: `Bearer ${token('u1', { secret })}` } })
   ws.terminate()
+  await t.rejects(app.injectWS('/heart/current', { headers: { authorization: `Bearer ${token('u1')}` } }), /401/, 'tokens are verified with the kept secret only')
 })
 
 t.test('a second start without JWT_SECRET reuses the generated secret', async (t) => {
   const file = join(await tempDir(t), 'dev-jwt-secret')
-  const first = await build(t, { JWT_SECRET: undefined }, { devSecretFile: file })
+  await build(t, { JWT_SECRET: undefined }, { devSecretFile: file })
+  const secret = await devSecret(file)
   const second = await build(t, { JWT_SECRET: undefined }, { devSecretFile: file })
-  t.equal(second.config.JWT_SECRET, first.config.JWT_SECRET)
-  const ws = await second.injectWS('/heart/current', { headers: { authorization: `Bearer ${token('u1', { secret: first.config.JWT_SECRET })}` } })
+  t.equal(await devSecret(file), secret)
+  const ws = await second.injectWS('/heart/current', { headers: { authorization: `Bearer ${token('u1', { secret })}` } })
   ws.terminate()
 })
 
@@ -211,8 +230,10 @@ t.test('a development secret file holding too short a secret is replaced', async
   const file = join(await tempDir(t), 'dev-jwt-secret')
   await writeFile(file, 'short\n', { mode: 0o600 })
   const app = await build(t, { JWT_SECRET: undefined }, { devSecretFile: file })
-  t.ok(app.config.JWT_SECRET.length >= 32)
-  t.equal((await readFile(file, 'utf8')).trim(), app.config.JWT_SECRET)
+  const secret = await devSecret(file)
+  t.ok(secret.length >= 32)
+  const ws = await app.injectWS('/heart/current', { headers: { authorization: `Bearer ${token('u1', { secret })}` } })
+  ws.terminate()
 })
 
 t.test('a JWT_SECRET that is set is used as is, with no file and no warning', async (t) => {

@@ -69,6 +69,8 @@ t.test('SIGINT drains the same way and exits 0', async (t) => {
 
 t.test('a second signal during the drain exits at once with 1', async (t) => {
   const server = await startServer(t, { SHUTDOWN_GRACE_MS: '30000' })
+  // Something connected: with nothing, there is no drain to interrupt.
+  await openWs(t, server, { headers: { authorization: `Bearer ${token('u1')}` } })
   server.proc.kill('SIGTERM')
   t.ok(await eventually(() => server.logs.some((l) => l.includes('shutting down')), TIMEOUT_MS), 'draining')
   const second = Date.now()
@@ -76,6 +78,27 @@ t.test('a second signal during the drain exits at once with 1', async (t) => {
   t.equal(await within(server.exitCode, TIMEOUT_MS, 'exit'), 1)
   t.ok(Date.now() - second < 2000, 'without waiting for the drain')
   t.ok(await eventually(() => server.logs.some((l) => l.includes('second signal')), TIMEOUT_MS))
+})
+
+t.test('SIGINT with nothing connected exits 0 at once, well before SHUTDOWN_GRACE_MS', async (t) => {
+  const grace = 30000
+  const server = await startServer(t, { SHUTDOWN_GRACE_MS: String(grace) })
+  const signalled = Date.now()
+  server.proc.kill('SIGINT')
+  t.equal(await within(server.exitCode, TIMEOUT_MS, 'exit'), 0)
+  t.ok(Date.now() - signalled < grace / 10, 'no drain: no one is there to move away')
+  t.ok(await eventually(() => server.logs.some((l) => l.includes('"msg":"shut down"')), TIMEOUT_MS), 'a clean shutdown')
+})
+
+t.test('NODE_ENV=development: Ctrl-C stops at once even with a socket open, closing it with 1001', async (t) => {
+  const grace = 30000
+  const server = await startServer(t, { NODE_ENV: 'development', SHUTDOWN_GRACE_MS: String(grace) })
+  const socket = await openWs(t, server, { headers: { authorization: `Bearer ${token('u1')}` } })
+  const signalled = Date.now()
+  server.proc.kill('SIGINT')
+  t.equal(await within(socket.closed, TIMEOUT_MS, 'close'), 1001)
+  t.equal(await within(server.exitCode, TIMEOUT_MS, 'exit'), 0)
+  t.ok(Date.now() - signalled < grace / 10, 'no drain: no load balancer in development')
 })
 
 /** Runs the compiled server with exactly `env` (plus PATH) and waits for it to exit. */

@@ -1,12 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { HeartSession, type SessionDeps } from '../../src/heart/session.js'
+import { sendError } from '../../src/http-errors.js'
 
 /** Conflation starts when this much is waiting to be sent (or a quarter of the hard limit, if smaller). */
 const SOFT_BUFFERED_BYTES = 64 * 1024
-
-function refuse (status: number, error: string, message: string): { statusCode: number, error: string, message: string } {
-  return { statusCode: status, error, message }
-}
 
 /**
  * /heart/current: the WebSocket mini programs open. Every check runs before the upgrade, in this
@@ -36,12 +33,12 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
 
   fastify.addHook('preValidation', async (request, reply) => {
     if (fastify.lifecycle.draining) {
-      return reply.code(503).send(refuse(503, 'Service Unavailable', 'server is shutting down: reconnect'))
+      return sendError(reply, 503, 'server is shutting down: reconnect')
     }
     const origin = request.headers.origin
     // Mini programs and devices send no Origin; browsers always do.
     if (allowedOrigins.size > 0 && origin !== undefined && !allowedOrigins.has(origin)) {
-      return reply.code(403).send(refuse(403, 'Forbidden', 'origin not allowed'))
+      return sendError(reply, 403, 'origin not allowed')
     }
   })
   fastify.addHook('preValidation', fastify.authenticate)
@@ -63,7 +60,7 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
   fastify.addHook('preValidation', async (request, reply) => {
     const { userId } = request.principal!
     if ((sockets.get(userId) ?? 0) >= config.MAX_CONNECTIONS_PER_USER) {
-      return reply.code(429).send(refuse(429, 'Too Many Requests', `at most ${config.MAX_CONNECTIONS_PER_USER} open sockets per user`))
+      return sendError(reply, 429, `at most ${config.MAX_CONNECTIONS_PER_USER} open sockets per user`)
     }
     const release = reserve(userId)
     releases.set(request.raw, release)

@@ -2,10 +2,11 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { Ajv } from 'ajv'
 import type { FastifySchemaValidationError } from 'fastify'
 import { apiKeyChecker } from '../../src/api-keys.js'
+import { BATCH_MAX } from '../../src/heart/batch.js'
 import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId, type NewReading } from '../../src/heart/reading.js'
 import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
+import { errorResponses, sendError } from '../../src/http-errors.js'
 
-const BATCH_MAX = 500
 /** How far ahead of the server's clock a device's `ts` may be. */
 const FUTURE_TOLERANCE_MS = 60_000
 /** 2001-09-09: a smaller `ts` is almost always seconds sent where milliseconds belong. */
@@ -24,8 +25,6 @@ const IngestBody = Type.Object({
   ts: Reading.properties.ts,
   readings: Type.Optional(Type.Array(Reading, { minItems: 1, maxItems: BATCH_MAX }))
 }, { additionalProperties: false })
-
-const ErrorBody = Type.Object({ statusCode: Type.Integer(), error: Type.String(), message: Type.String() })
 
 const Accepted = Type.Object({
   accepted: Type.Integer(),
@@ -78,7 +77,7 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       headers: Type.Object({ 'x-api-key': Type.Optional(Type.String()) }),
       params: UserParams,
       body: IngestBody,
-      response: { 202: Accepted, 400: ErrorBody, 401: ErrorBody, 503: ErrorBody }
+      response: { 202: Accepted, ...errorResponses(400, 401, 503) }
     },
     onResponse: async (_request, reply) => {
       if (reply.statusCode !== 202) fastify.metrics.ingestRejected.labels(String(reply.statusCode)).inc()
@@ -86,17 +85,17 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
     preValidation: async (request, reply) => {
       const key = request.headers['x-api-key']
       if (!validKey(typeof key === 'string' ? key : undefined)) {
-        return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'missing or unknown x-api-key' })
+        return sendError(reply, 401, 'missing or unknown x-api-key')
       }
     }
   }, async (request, reply) => {
     const body = request.body
     if ((body.bpm === undefined) === (body.readings === undefined)) {
       const message = body.bpm === undefined ? 'body must have bpm (one reading) or readings (a batch)' : 'body must have bpm (one reading) or readings (a batch), not both'
-      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message })
+      return sendError(reply, 400, message)
     }
     if (body.readings !== undefined && (body.ts !== undefined)) {
-      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'body/ts belongs inside each reading of a batch' })
+      return sendError(reply, 400, 'body/ts belongs inside each reading of a batch')
     }
     const now = Date.now()
     const batch = body.readings ?? [{ bpm: body.bpm as number, ts: body.ts }]
@@ -105,7 +104,7 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       const ts = batch[i].ts ?? now
       if (ts > now + FUTURE_TOLERANCE_MS) {
         const field = body.readings === undefined ? 'body/ts' : `body/readings/${i}/ts`
-        return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: `${field} is more than 60 s in the future` })
+        return sendError(reply, 400, `${field} is more than 60 s in the future`)
       }
       list.push({ bpm: batch[i].bpm, ts })
     }
@@ -120,17 +119,17 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'History of a user, oldest first',
       params: UserParams,
       querystring: HistoryQuery,
-      response: { 200: History, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 503: ErrorBody }
+      response: { 200: History, ...errorResponses(400, 401, 403, 503) }
     }
   }, async (request, reply) => {
     const { userId } = request.params
     const viewer = request.principal!.userId
     if (!await fastify.canRead(viewer, userId)) {
-      return reply.code(403).send({ statusCode: 403, error: 'Forbidden', message: `not allowed to read ${userId}` })
+      return sendError(reply, 403, `not allowed to read ${userId}`)
     }
     const { since, limit } = request.query
     if (since !== undefined && !isHistoryId(since)) {
-      return reply.code(400).send({ statusCode: 400, error: 'Bad Request', message: 'querystring/since must be a history id: two numbers below 2^64 joined by "-"' })
+      return sendError(reply, 400, 'querystring/since must be a history id: two numbers below 2^64 joined by "-"')
     }
     const page = await fastify.heartStore.history(userId, { since, limit })
     return page.truncated ? { userId, readings: page.readings, truncated: true } : { userId, readings: page.readings }

@@ -7,10 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
-import { loadDevSecret } from '../dev-secret.js'
+import { DEV_SECRET_FILE, loadDevSecret } from '../dev-secret.js'
 import { CliError, UsageError, parse, positiveInteger, positiveNumber } from './common.js'
 import { Simulator, summaryLine } from './simulate.js'
-import { DEFAULT_TTL_S, DEV_SECRET_FILE, signToken } from './token.js'
+import { DEFAULT_TTL_S, signToken } from './token.js'
 
 const HOST = '127.0.0.1'
 const START_TIMEOUT_MS = 20_000

@@ -5,8 +5,6 @@ export interface Reading {
   ts?: number
 }
 
-/** The ingest route's limit on one batch (routes/heart/readings.ts). */
-export const BATCH_MAX = 500
 const TIMEOUT_MS = 10_000
 
 export interface IngestAnswer {

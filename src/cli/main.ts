@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `heart-gateway` command (package.json `bin`): one entry, a subcommand per file of src/cli/. */
+import { DEV_SECRET_FILE } from '../dev-secret.js'
 import { CliError } from './common.js'
 import { demoCommand } from './demo.js'
 import { sendCommand } from './send.js'
@@ -13,7 +14,7 @@ usage: heart-gateway <command> [options]
 
   token <userId> [--ttl S]
       Prints a token (HS256 JWT, sub = userId) valid for S seconds (default 7200), signed with
-      JWT_SECRET or the development secret the server keeps in .heart-gateway/dev-jwt-secret.
+      JWT_SECRET or the development secret the server keeps in ${DEV_SECRET_FILE}.
 
   send <userId> <bpm> [--url URL] [--key KEY]
       Posts one reading through the ingest API and prints the server's answer.

@@ -5,7 +5,8 @@
 import { isUserId } from '../heart/reading.js'
 import { CliError, DEFAULT_HTTP_URL, UsageError, baseUrl, parse, positiveInteger, positiveNumber } from './common.js'
 import { HeartModel } from './heart-model.js'
-import { BATCH_MAX, IngestError, apiKey, postReadings, type Reading } from './ingest.js'
+import { BATCH_MAX } from '../heart/batch.js'
+import { IngestError, apiKey, postReadings, type Reading } from './ingest.js'
 
 /** Readings due are collected and sent this often: one reading per request at low rates, batches at high ones. */
 const TICK_MS = 50

@@ -5,11 +5,10 @@
  */
 import { createSigner } from 'fast-jwt'
 import { readFile } from 'node:fs/promises'
+import { DEV_SECRET_FILE } from '../dev-secret.js'
 import { isUserId } from '../heart/reading.js'
 import { CliError, UsageError, parse, positiveInteger } from './common.js'
 
-/** Where the server keeps its generated development secret (plugins/config.ts), relative to where it runs. */
-export const DEV_SECRET_FILE = '.heart-gateway/dev-jwt-secret'
 export const DEFAULT_TTL_S = 7200
 
 /** JWT_SECRET, or the development secret file; never creates one (only the server does). */
