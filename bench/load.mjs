@@ -322,7 +322,11 @@ async function push () {
     const body = `{"bpm":${bpm},"ts":${ts}}`
     pending++
     const req = http.request({
-      agent, host: target.hostname, port: target.port, method: 'POST', path: `/heart/${userId}/readings`,
+      agent,
+      host: target.hostname,
+      port: target.port,
+      method: 'POST',
+      path: `/heart/${userId}/readings`,
       headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-api-key': cfg.apiKey }
     }, (res) => {
       res.resume()

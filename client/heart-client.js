@@ -18,7 +18,7 @@
   'use strict'
 
   /** Close codes the server uses (src/heart/protocol.ts). */
-  var CloseCode = {
+  const CloseCode = {
     NORMAL: 1000,
     GOING_AWAY: 1001,
     ABNORMAL: 1006,
@@ -30,24 +30,24 @@
   }
 
   /** Error codes the server answers a resubscription with that are worth trying again on the same socket. */
-  var TRANSIENT_ERRORS = { unavailable: true, internal: true, rate_limited: true }
+  const TRANSIENT_ERRORS = { unavailable: true, internal: true, rate_limited: true }
 
   /** A close with code 1013 waits at least this many initial backoffs. */
-  var TRY_AGAIN_LATER_FACTOR = 8
+  const TRY_AGAIN_LATER_FACTOR = 8
 
   /**
    * HTTP statuses of a refused handshake worth trying again (rate limit, a proxy without a live
    * instance behind it); any other refusal is final. Only adapters that see the status report it
    * (ws-adapter.js over Node's `ws`); mini programs and browsers do not.
    */
-  var RETRY_STATUSES = { 429: true, 502: true, 503: true, 504: true }
+  const RETRY_STATUSES = { 429: true, 502: true, 503: true, 504: true }
 
   /** A history id, as `since` takes it. */
-  var HISTORY_ID = /^[0-9]{1,20}-[0-9]{1,20}$/
+  const HISTORY_ID = /^[0-9]{1,20}-[0-9]{1,20}$/
 
   function clientError (code, message) {
     // Not a subclass: Error subclasses break `instanceof` once a tool chain transpiles classes to ES5.
-    var err = new Error(message)
+    const err = new Error(message)
     err.name = 'HeartClientError'
     err.code = code
     return err
@@ -59,8 +59,8 @@
 
   /** Orders two history ids (`<ms>-<seq>`, decimal without leading zeros) exactly, without BigInt. */
   function compareIds (a, b) {
-    var da = a.indexOf('-')
-    var db = b.indexOf('-')
+    const da = a.indexOf('-')
+    const db = b.indexOf('-')
     return compareDigits(a.slice(0, da), b.slice(0, db)) || compareDigits(a.slice(da + 1), b.slice(db + 1))
   }
 
@@ -69,17 +69,17 @@
     return a < b ? -1 : a > b ? 1 : 0
   }
 
-  var BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
   /** The `exp` claim of a JWT (seconds), or null when the token cannot be read (no atob in mini programs). */
   function tokenExp (token) {
-    var part = token.split('.')[1]
+    const part = token.split('.')[1]
     if (part === undefined) return null
-    var text = ''
-    var bits = 0
-    var acc = 0
-    for (var i = 0; i < part.length; i++) {
-      var v = BASE64URL.indexOf(part.charAt(i))
+    let text = ''
+    let bits = 0
+    let acc = 0
+    for (let i = 0; i < part.length; i++) {
+      const v = BASE64URL.indexOf(part.charAt(i))
       if (v === -1) break
       acc = (acc << 6) | v
       bits += 6
@@ -89,7 +89,7 @@
       }
     }
     try {
-      var exp = JSON.parse(text).exp
+      const exp = JSON.parse(text).exp
       return typeof exp === 'number' ? exp : null
     } catch (err) {
       return null
@@ -108,7 +108,7 @@
       if (options === null || typeof options !== 'object') throw new TypeError('HeartClient: options are required')
       if (typeof options.url !== 'string' || options.url === '') throw new TypeError('HeartClient: url is required')
       if (typeof options.token !== 'string' || options.token === '') throw new TypeError('HeartClient: token is required')
-      var api = options.wx || (typeof wx !== 'undefined' ? wx : null) // eslint-disable-line no-undef
+      const api = options.wx || (typeof wx !== 'undefined' ? wx : null) // eslint-disable-line no-undef
       if (api === null || typeof api.connectSocket !== 'function') {
         throw new TypeError('HeartClient: no wx.connectSocket: outside a mini program, pass options.wx')
       }
@@ -124,7 +124,7 @@
       this._pingIntervalMs = positive(options.pingIntervalMs, 20000)
       this._deadAfterMs = positive(options.deadAfterMs, 45000)
       this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
-      var backoff = options.backoff || {}
+      const backoff = options.backoff || {}
       this._initialMs = positive(backoff.initialMs, 500)
       this._maxMs = Math.max(this._initialMs, positive(backoff.maxMs, 30000))
 
@@ -174,13 +174,13 @@
       this._started = false
       this._hidden = false
       this._unregisterAppHooks()
-      var err = clientError('closed', 'the client was closed')
-      var requests = this._requests
-      var subs = this._subs
+      const err = clientError('closed', 'the client was closed')
+      const requests = this._requests
+      const subs = this._subs
       this._requests = new Map()
       this._subs = new Map()
       this._dropSocket('client closed')
-      var self = this
+      const self = this
       requests.forEach(function (req) {
         clearTimeout(req.timer)
         if (req.sub === undefined) req.reject(err)
@@ -200,22 +200,22 @@
      */
     subscribe (userId, onReading, options) {
       if (typeof onReading !== 'function') return Promise.reject(new TypeError('HeartClient: subscribe needs an onReading function'))
-      var since = options ? options.since : undefined
+      const since = options ? options.since : undefined
       if (since !== undefined && since !== null && !(typeof since === 'string' && HISTORY_ID.test(since))) {
         return Promise.reject(new TypeError('HeartClient: since must be a history id like 1764115200000-0'))
       }
       if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
-      var self = this
-      var sub = this._subs.get(userId)
+      const self = this
+      let sub = this._subs.get(userId)
       if (sub === undefined) {
-        sub = { userId: userId, onReading: onReading, lastId: since || null, confirmed: false, reqId: null, waiters: [], retryTimer: null }
+        sub = { userId, onReading, lastId: since || null, confirmed: false, reqId: null, waiters: [], retryTimer: null }
         this._subs.set(userId, sub)
       }
       sub.onReading = onReading
       return new Promise(function (resolve, reject) {
-        var waiter = { resolve: resolve, reject: reject, timer: null }
+        const waiter = { resolve, reject, timer: null }
         waiter.timer = setTimeout(function () {
-          var i = sub.waiters.indexOf(waiter)
+          const i = sub.waiters.indexOf(waiter)
           if (i === -1) return
           sub.waiters.splice(i, 1)
           reject(clientError('timeout', 'no answer to subscribe within ' + self._requestTimeoutMs + ' ms'))
@@ -228,19 +228,19 @@
 
     /** Stops the readings of `userId` at once (none is delivered after this call). */
     unsubscribe (userId) {
-      var sub = this._subs.get(userId)
+      const sub = this._subs.get(userId)
       if (sub === undefined) return Promise.resolve()
       this._subs.delete(userId)
       clearTimeout(sub.retryTimer)
       this._rejectWaiters(sub, clientError('cancelled', 'unsubscribed before the subscription was confirmed'))
       // A closed socket has no subscriptions on the server: nothing to tell it.
       if (this._state !== 'open') return Promise.resolve()
-      return this._request({ type: 'unsubscribe', userId: userId }).then(noop)
+      return this._request({ type: 'unsubscribe', userId }).then(noop)
     }
 
     /** The current heart rate of `userId`: `{ bpm, ts }`, both null when there is none. */
     get (userId) {
-      return this._request({ type: 'get', userId: userId }).then(function (frame) {
+      return this._request({ type: 'get', userId }).then(function (frame) {
         return { bpm: frame.bpm, ts: frame.ts }
       })
     }
@@ -251,11 +251,11 @@
      */
     refresh (token) {
       if (typeof token !== 'string' || token === '') return Promise.reject(new TypeError('HeartClient: refresh needs a token'))
-      var previous = this._token
+      const previous = this._token
       this._token = token
       this._tokenStale = false
-      var self = this
-      return this._request({ type: 'refresh', token: token }).then(function (frame) {
+      const self = this
+      return this._request({ type: 'refresh', token }).then(function (frame) {
         return { exp: frame.exp }
       }, function (err) {
         if (err.code === 'unauthorized' && self._token === token) self._token = previous
@@ -267,15 +267,15 @@
 
     /** Sends a frame with a reqId and settles with its reply; queued while (re)connecting. */
     _request (frame) {
-      var self = this
+      const self = this
       if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
       if (this._state === 'idle') {
         return Promise.reject(clientError('not_connected', 'not connected: call connect() (or wait for the app to show)'))
       }
       return new Promise(function (resolve, reject) {
-        var reqId = self._nextReqId++
+        const reqId = self._nextReqId++
         frame.reqId = reqId
-        var req = { frame: frame, resolve: resolve, reject: reject, sent: false, timer: null }
+        const req = { frame, resolve, reject, sent: false, timer: null }
         req.timer = setTimeout(function () {
           if (self._requests.get(reqId) !== req) return
           self._requests.delete(reqId)
@@ -292,13 +292,13 @@
     }
 
     _sendSubscribe (sub) {
-      var reqId = this._nextReqId++
+      const reqId = this._nextReqId++
       sub.reqId = reqId
-      var frame = { type: 'subscribe', userId: sub.userId, reqId: reqId }
+      const frame = { type: 'subscribe', userId: sub.userId, reqId }
       if (sub.lastId !== null) frame.since = sub.lastId
-      var self = this
+      const self = this
       // A resubscription has no caller waiting on a timer of its own: this one tries it again.
-      var req = { frame: frame, sub: sub, sent: true, timer: null }
+      const req = { frame, sub, sent: true, timer: null }
       req.timer = setTimeout(function () {
         if (self._requests.get(reqId) !== req) return
         self._requests.delete(reqId)
@@ -310,9 +310,9 @@
     }
 
     _rejectWaiters (sub, err) {
-      var waiters = sub.waiters
+      const waiters = sub.waiters
       sub.waiters = []
-      for (var i = 0; i < waiters.length; i++) {
+      for (let i = 0; i < waiters.length; i++) {
         clearTimeout(waiters[i].timer)
         waiters[i].reject(err)
       }
@@ -328,7 +328,7 @@
     // ---- frames ----
 
     _send (frame) {
-      var task = this._task
+      const task = this._task
       if (task === null) return
       try {
         task.send({ data: JSON.stringify(frame), fail: noop })
@@ -340,7 +340,7 @@
     _onFrame (data) {
       this._armDeadTimer()
       if (typeof data !== 'string' || data.charAt(0) !== '{') return
-      var frame
+      let frame
       try {
         frame = JSON.parse(data)
       } catch (err) {
@@ -364,7 +364,7 @@
     }
 
     _deliver (frame) {
-      var sub = this._subs.get(frame.userId)
+      const sub = this._subs.get(frame.userId)
       if (sub === undefined) return
       if (typeof frame.id === 'string') {
         // Replays after a reconnect may overlap what was already delivered.
@@ -379,7 +379,7 @@
     }
 
     _revoked (userId) {
-      var sub = this._subs.get(userId)
+      const sub = this._subs.get(userId)
       if (sub === undefined) return
       this._subs.delete(userId)
       clearTimeout(sub.retryTimer)
@@ -393,7 +393,7 @@
 
     _onReply (frame) {
       if (frame.reqId === undefined) return
-      var req = this._requests.get(frame.reqId)
+      const req = this._requests.get(frame.reqId)
       if (req === undefined) return
       this._requests.delete(frame.reqId)
       clearTimeout(req.timer)
@@ -401,19 +401,19 @@
         req.resolve(frame)
         return
       }
-      var sub = req.sub
+      const sub = req.sub
       if (sub.reqId === frame.reqId) sub.reqId = null
       if (this._subs.get(sub.userId) !== sub || frame.type !== 'subscribed') return
       this._answered.set(frame.reqId, sub)
       // With no reading seen yet, resume from where the subscription started.
       if (sub.lastId === null && typeof frame.lastId === 'string') sub.lastId = frame.lastId
-      var result = { current: frame.current }
+      const result = { current: frame.current }
       if (frame.truncated === true) result.truncated = true
-      var wasConfirmed = sub.confirmed
+      const wasConfirmed = sub.confirmed
       sub.confirmed = true
-      var waiters = sub.waiters
+      const waiters = sub.waiters
       sub.waiters = []
-      for (var i = 0; i < waiters.length; i++) {
+      for (let i = 0; i < waiters.length; i++) {
         clearTimeout(waiters[i].timer)
         waiters[i].resolve(result)
       }
@@ -427,8 +427,8 @@
     }
 
     _onErrorFrame (frame) {
-      var err = clientError(frame.code, frame.message)
-      var req = frame.reqId === undefined ? undefined : this._requests.get(frame.reqId)
+      const err = clientError(frame.code, frame.message)
+      const req = frame.reqId === undefined ? undefined : this._requests.get(frame.reqId)
       if (req !== undefined) {
         this._requests.delete(frame.reqId)
         clearTimeout(req.timer)
@@ -441,7 +441,7 @@
         return
       }
       // An error after `subscribed`: the store failed during the replay and the server dropped the subscription.
-      var sub = frame.reqId === undefined ? undefined : this._answered.get(frame.reqId)
+      const sub = frame.reqId === undefined ? undefined : this._answered.get(frame.reqId)
       if (sub !== undefined) {
         this._answered.delete(frame.reqId)
         this._subscribeFailed(sub, err)
@@ -455,7 +455,7 @@
       if (this._subs.get(sub.userId) !== sub) return
       if (sub.confirmed && TRANSIENT_ERRORS[err.code] === true) {
         // A resubscription during a store outage: keep the subscription and try again shortly.
-        var self = this
+        const self = this
         clearTimeout(sub.retryTimer)
         sub.retryTimer = setTimeout(function () {
           sub.retryTimer = null
@@ -486,7 +486,7 @@
 
     _setState (state) {
       if (state === this._state) return
-      var previous = this._state
+      const previous = this._state
       this._state = state
       try {
         this._onStateChange(state, previous)
@@ -500,10 +500,10 @@
       clearTimeout(this._reconnectTimer)
       this._reconnectTimer = null
       this._setState(state)
-      var gen = ++this._gen
-      var self = this
-      var exp = tokenExp(this._token)
-      var expired = this._tokenStale || (exp !== null && exp * 1000 <= Date.now())
+      const gen = ++this._gen
+      const self = this
+      const exp = tokenExp(this._token)
+      const expired = this._tokenStale || (exp !== null && exp * 1000 <= Date.now())
       if (!expired) {
         this._openSocket(gen)
         return
@@ -529,8 +529,8 @@
     }
 
     _openSocket (gen) {
-      var self = this
-      var task
+      const self = this
+      let task
       try {
         task = this._wx.connectSocket({
           url: this._url,
@@ -559,7 +559,7 @@
       })
       // WeChat follows a failed connection with onClose on most platforms, not all: treat it as the end.
       task.onError(function (res) {
-        var refusal = res && typeof res.statusCode === 'number' ? { status: res.statusCode, body: typeof res.body === 'string' ? res.body : '' } : null
+        const refusal = res && typeof res.statusCode === 'number' ? { status: res.statusCode, body: typeof res.body === 'string' ? res.body : '' } : null
         self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true, refusal)
       })
       // Also bounds the handshake: a connection that never opens is given up like a dead one.
@@ -569,7 +569,7 @@
     _opened () {
       this._taskOpened = true
       this._setState('open')
-      var self = this
+      const self = this
       this._pingTimer = setInterval(function () { self._send({ type: 'ping' }) }, this._pingIntervalMs)
       this._armDeadTimer()
       // Not twice: onStateChange('open') above may have subscribed already.
@@ -580,8 +580,8 @@
     /** Restarts the timer that declares the connection dead when nothing arrives. */
     _armDeadTimer () {
       clearTimeout(this._deadTimer)
-      var self = this
-      var gen = this._gen
+      const self = this
+      const gen = this._gen
       this._deadTimer = setTimeout(function () {
         self._lost(gen, CloseCode.ABNORMAL, 'nothing received for ' + self._deadAfterMs + ' ms', true)
       }, this._deadAfterMs)
@@ -603,12 +603,12 @@
       clearInterval(this._pingTimer)
       clearTimeout(this._deadTimer)
       this._reconnectTimer = this._pingTimer = this._deadTimer = null
-      var task = this._task
+      const task = this._task
       this._task = null
       if (task !== null) this._closeTask(task, reason)
       this._answered.clear()
-      var err = clientError('disconnected', 'connection lost before the answer came (' + reason + ')')
-      var self = this
+      const err = clientError('disconnected', 'connection lost before the answer came (' + reason + ')')
+      const self = this
       this._requests.forEach(function (req, reqId) {
         if (!req.sent) return
         self._requests.delete(reqId)
@@ -630,11 +630,11 @@
     _lost (gen, code, reason, closeIt, refusal) {
       if (gen !== this._gen) return
       if (!closeIt) this._task = null
-      var opened = this._taskOpened
+      const opened = this._taskOpened
       this._dropSocket(String(reason || code))
       if (!this._started || this._hidden) return
-      var final = null
-      var delay = null
+      let final = null
+      let delay = null
       if (code === CloseCode.TOKEN_EXPIRED) {
         if (this._onTokenExpired === null) {
           final = clientError('token_expired', 'the token expired and there is no onTokenExpired to renew it')
@@ -653,12 +653,12 @@
         // The server objected to what this client sent: retrying quickly would only repeat it.
         delay = this._maxMs / 2 + Math.random() * this._maxMs / 2
       } else if (code === CloseCode.TRY_AGAIN_LATER) {
-        var base = Math.min(this._maxMs, Math.max(this._initialMs * TRY_AGAIN_LATER_FACTOR, this._initialMs * Math.pow(2, this._failures)))
+        const base = Math.min(this._maxMs, Math.max(this._initialMs * TRY_AGAIN_LATER_FACTOR, this._initialMs * Math.pow(2, this._failures)))
         delay = base / 2 + Math.random() * base / 2
       } else {
         delay = this._backoffDelay(this._failures)
       }
-      var info = { code: code, reason: reason ? String(reason) : '', opened: opened, retryInMs: delay }
+      const info = { code, reason: reason ? String(reason) : '', opened, retryInMs: delay }
       if (refusal) {
         info.status = refusal.status
         info.body = refusal.body
@@ -677,7 +677,7 @@
       if (!this._started || this._hidden) return
       this._failures++
       this._setState('reconnecting')
-      var self = this
+      const self = this
       this._reconnectTimer = setTimeout(function () {
         self._reconnectTimer = null
         self._dial('reconnecting')
@@ -692,9 +692,9 @@
     // ---- app visibility ----
 
     _registerAppHooks () {
-      var api = this._wx
+      const api = this._wx
       if (this._appHooks !== null || typeof api.onAppHide !== 'function' || typeof api.onAppShow !== 'function') return
-      var self = this
+      const self = this
       this._appHooks = {
         hide: function () { self._hide() },
         show: function () { self._show() }
@@ -704,7 +704,7 @@
     }
 
     _unregisterAppHooks () {
-      var hooks = this._appHooks
+      const hooks = this._appHooks
       if (hooks === null) return
       this._appHooks = null
       if (typeof this._wx.offAppHide === 'function') this._wx.offAppHide(hooks.hide)
@@ -727,5 +727,5 @@
     }
   }
 
-  return { HeartClient: HeartClient, CloseCode: CloseCode, compareIds: compareIds }
+  return { HeartClient, CloseCode, compareIds }
 })

@@ -18,7 +18,7 @@
   'use strict'
 
   /** A refused handshake's body is read up to this many characters (the server's is a short JSON error). */
-  var BODY_MAX = 2000
+  const BODY_MAX = 2000
 
   function noop () {}
 
@@ -28,29 +28,29 @@
   }
 
   function withToken (url, header) {
-    var auth = header && header.Authorization
+    const auth = header && header.Authorization
     if (typeof auth !== 'string' || auth.indexOf('Bearer ') !== 0) return url
     return url + (url.indexOf('?') === -1 ? '?' : '&') + 'access_token=' + encodeURIComponent(auth.slice(7))
   }
 
   /** One socket, shaped as a mini program's SocketTask. */
   function socketTask (WebSocketCtor, opts, tokenInQuery) {
-    var listeners = { open: [], message: [], close: [], error: [] }
-    var ended = false
+    const listeners = { open: [], message: [], close: [], error: [] }
+    let ended = false
     function emit (event, res) {
-      var list = listeners[event].slice()
-      for (var i = 0; i < list.length; i++) list[i](res)
+      const list = listeners[event].slice()
+      for (let i = 0; i < list.length; i++) list[i](res)
     }
-    var ws = tokenInQuery
+    const ws = tokenInQuery
       ? new WebSocketCtor(withToken(opts.url, opts.header))
       : new WebSocketCtor(opts.url, { headers: opts.header || {} })
     ws.binaryType = 'arraybuffer'
     // Node's ws says why a handshake was refused (status and body); a browser never does.
-    var refused = false
+    let refused = false
     if (typeof ws.on === 'function') {
       ws.on('unexpected-response', function (req, res) {
         refused = true
-        var body = ''
+        let body = ''
         res.setEncoding('utf8')
         res.on('data', function (chunk) { if (body.length < BODY_MAX) body += chunk })
         res.on('end', function () {
@@ -101,7 +101,7 @@
   /** `{ connectSocket }` over `WebSocketCtor`; `options.tokenInQuery` for browsers (see above). */
   function wxFromWebSocket (WebSocketCtor, options) {
     if (typeof WebSocketCtor !== 'function') throw new TypeError('wxFromWebSocket: pass a WebSocket class')
-    var tokenInQuery = !!(options && options.tokenInQuery)
+    const tokenInQuery = !!(options && options.tokenInQuery)
     return {
       connectSocket: function (opts) {
         try {
@@ -115,5 +115,5 @@
     }
   }
 
-  return { wxFromWebSocket: wxFromWebSocket }
+  return { wxFromWebSocket }
 })

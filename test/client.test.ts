@@ -56,11 +56,9 @@ function each (name: string, fn: (t: Test, f: Flavour) => Promise<void>): void {
   for (const f of FLAVOURS) t.test(`${name} [${f.name}]`, (t) => fn(t, f))
 }
 
-
 function wsUrl (server: ServerProcess): string {
   return `ws://127.0.0.1:${server.port}/heart/current`
 }
-
 
 /** Posts a reading through ingest; returns its history id. */
 async function post (server: ServerProcess, userId: string, bpm: number): Promise<string> {

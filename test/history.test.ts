@@ -8,7 +8,7 @@ const KEY = 'k1'
 const T0 = 1_764_115_200_000
 
 const builders = [
-  { store: 'the embedded store', build: build },
+  { store: 'the embedded store', build },
   { store: 'Redis', build: buildWithRedis }
 ] as const
 

@@ -15,7 +15,7 @@ const ID = /^\d+-\d+$/
 const T0 = 1_764_115_200_000
 
 const builders = [
-  { store: 'the embedded store', build: build },
+  { store: 'the embedded store', build },
   { store: 'Redis', build: buildWithRedis }
 ] as const
 

@@ -63,8 +63,6 @@ function testConfig (conf: string, dir: string, ports: Ports): string {
 
 export interface Answer { status: number, headers: http.IncomingHttpHeaders, body: string }
 
-
-
 export interface Stack {
   cert: string
   ports: Ports
@@ -97,7 +95,6 @@ async function waitForPort (port: number, proc: ChildProcess, ms: number): Promi
   }, ms)
   if (!ok) throw new Error(`nginx is not listening on ${port}`)
 }
-
 
 /**
  * Starts a private Redis, two compiled instances on it (TRUST_PROXY=loopback, SHUTDOWN_GRACE_MS
@@ -156,7 +153,14 @@ export async function startStack (t: Test, env: Env = {}): Promise<Stack> {
   const trust = { ca: cert, servername: SERVER_NAME }
   const wss = `wss://${HOST}:${ports.https}/heart/current`
   return {
-    cert, ports, instances, redis, check, testConf, wss, trust,
+    cert,
+    ports,
+    instances,
+    redis,
+    check,
+    testConf,
+    wss,
+    trust,
     accessLog: async () => await readFile(path.join(dir, 'access.log'), 'utf8').catch(() => ''),
     errorLog: async () => await readFile(path.join(dir, 'error.log'), 'utf8').catch(() => ''),
     request: async (method, urlPath, headers = {}, body, opts = {}) => await new Promise((resolve, reject) => {

@@ -7,7 +7,6 @@ import { Frames, RedisServer, eventually, postReading, sleep, startServer, token
 
 const KEY = 'outage-key'
 
-
 async function health (server: ServerProcess): Promise<number> {
   try {
     return (await fetch(`${server.url}/health`, { signal: AbortSignal.timeout(3000) })).status

@@ -26,7 +26,6 @@ const MAX_ATTEMPTS = 20
 const RETRY_MS = 50
 const TIMEOUT_MS = 5000
 
-
 const stack = await startStack(t, { INGEST_API_KEYS: API_KEY, SHUTDOWN_GRACE_MS: String(GRACE_MS), TRUST_PROXY: 'loopback' })
 
 /**
@@ -65,8 +64,7 @@ class Watcher {
       if (frame.type === 'reading' && frame.userId === USER) {
         this.ids.push(frame.id)
         if (this.resubscribedAt !== null && frame.ts < this.resubscribedAt) this.caughtUp++
-      }
-      else if (frame.type === 'subscribed') this.subscribed++
+      } else if (frame.type === 'subscribed') this.subscribed++
       else this.problems.push(`unexpected frame ${String(data)}`)
     })
     // ws follows an error (a refused upgrade included) with 'close'.
@@ -134,7 +132,12 @@ async function post (agent: https.Agent, bpm: number): Promise<Posted> {
  */
 function slowPost (server: ServerProcess, body: string): { finish: () => void, answer: Promise<Answer> } {
   const req = http.request({
-    host: HOST, port: server.port, method: 'POST', path: `/heart/${USER}/readings`, agent: false, timeout: 15000,
+    host: HOST,
+    port: server.port,
+    method: 'POST',
+    path: `/heart/${USER}/readings`,
+    agent: false,
+    timeout: 15000,
     headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), 'x-api-key': API_KEY }
   })
   const answer = new Promise<Answer>((resolve, reject) => {

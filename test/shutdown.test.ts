@@ -11,12 +11,10 @@ import { Frames, ROOT, Refused, TEST_SECRET, eventually, freePort, openWebSocket
 const GRACE_MS = 1000
 const TIMEOUT_MS = 5000
 
-
 async function health (server: ServerProcess): Promise<{ status: number, body: any }> {
   const res = await fetch(`${server.url}/health`, { signal: AbortSignal.timeout(TIMEOUT_MS) })
   return { status: res.status, body: await res.json() }
 }
-
 
 function openWs (tt: { teardown: (fn: () => void) => void }, server: ServerProcess, opts: WsOptions = {}): Promise<Frames> {
   return openWebSocket(tt, `ws://127.0.0.1:${server.port}/heart/current`, opts)

@@ -48,7 +48,10 @@ class Client {
   private onMessage (text: string): void {
     const at = performance.now()
     if (/^\d+$/.test(text)) {
-      if (this.outstanding?.kind !== 'legacy') return void this.problems.push(`legacy answer ${text} with no legacy query in flight`)
+      if (this.outstanding?.kind !== 'legacy') {
+        this.problems.push(`legacy answer ${text} with no legacy query in flight`)
+        return
+      }
       this.answer(at)
       return
     }
@@ -56,7 +59,8 @@ class Client {
     try {
       frame = JSON.parse(text)
     } catch {
-      return void this.problems.push(`not JSON: ${text.slice(0, 100)}`)
+      this.problems.push(`not JSON: ${text.slice(0, 100)}`)
+      return
     }
     switch (frame.type) {
       case 'reading':
@@ -68,7 +72,8 @@ class Client {
         return
       case 'current':
         if (this.outstanding?.kind !== 'get' || frame.reqId !== this.outstanding.reqId || frame.userId !== this.userId) {
-          return void this.problems.push(`unexpected current frame ${text}`)
+          this.problems.push(`unexpected current frame ${text}`)
+          return
         }
         this.answer(at)
         return

@@ -186,9 +186,13 @@ async function ingest (req, res, userId) {
 
 const server = http.createServer((req, res) => {
   const m = /^\/heart\/([^/?]+)\/readings$/.exec(req.url)
-  if (req.method === 'POST' && m !== null && USER_ID.test(m[1])) return void ingest(req, res, m[1])
+  if (req.method === 'POST' && m !== null && USER_ID.test(m[1])) {
+    void ingest(req, res, m[1])
+    return
+  }
   if (req.method === 'GET' && req.url === '/health') {
-    return void redis.ping().then(() => send(res, 200, { status: 'ok' }), () => send(res, 503, { status: 'unavailable' }))
+    void redis.ping().then(() => send(res, 200, { status: 'ok' }), () => send(res, 503, { status: 'unavailable' }))
+    return
   }
   send(res, 404, { statusCode: 404, message: 'not found' })
 })
