@@ -19,6 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { createSigner } from 'fast-jwt'
+import { legacyKey } from '../dist/src/heart/redis-keys.js'
 
 const cfg = JSON.parse(process.argv[2])
 const sign = createSigner({ key: cfg.secret, algorithm: 'HS256' })
@@ -183,7 +184,7 @@ async function query () {
   const redis = new Redis(cfg.redisUrl)
   const users = Array.from({ length: c }, (_, i) => `q${i}`)
   const expected = users.map((_, i) => String(40 + (i % 150)))
-  await redis.mset(...users.flatMap((u, i) => [cfg.prefix + u, expected[i]]))
+  await redis.mset(...users.flatMap((u, i) => [legacyKey(cfg.prefix, u), expected[i]]))
   redis.disconnect()
 
   const sockets = []

@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import fastifyEnv from '@fastify/env'
 import envSchema from 'env-schema'
 import { isIP } from 'node:net'
 import { Type, type Static } from '@fastify/type-provider-typebox'
@@ -108,13 +109,21 @@ function checkRedisChoice (cfg: Config): void {
   }
 }
 
-/** Validates the settings: types, defaults, ranges; throws naming the variable. */
-export function loadConfig (env: Env): Config {
-  // A copy: env-schema adds to the schema it is given.
-  const config = envSchema<Config>({ schema: structuredClone(configSchema), data: env, env: false })
+/** env-schema's options for the settings in `env` (a copy of the schema: env-schema adds to it). */
+function envOptions (env: Env): { schema: typeof configSchema, data: Env, env: false } {
+  return { schema: structuredClone(configSchema), data: env, env: false }
+}
+
+/** What a JSON schema cannot say. */
+function checkSettings (config: Config): Config {
   checkTrustProxy(config.TRUST_PROXY)
   checkRedisChoice(config)
   return config
+}
+
+/** Validates the settings: types, defaults, ranges; throws naming the variable. */
+export function loadConfig (env: Env): Config {
+  return checkSettings(envSchema<Config>(envOptions(env)))
 }
 
 /**
@@ -128,10 +137,16 @@ export function trustProxyOption (value: string): boolean | string {
 }
 
 /**
- * `fastify.config`: the settings, validated once. No @fastify/env: the server validates before
- * Fastify exists (logger, trustProxy) and hands the result over, so this plugin only validates
- * when it is given an environment instead (tests).
+ * `fastify.config`: the settings, validated once. The server validates before Fastify exists
+ * (it needs the log level and trustProxy to create it) and hands the result over; otherwise
+ * (tests, an app embedded elsewhere) @fastify/env validates the given environment with the same
+ * schema and options.
  */
 export default fp(async function config (fastify, opts: ConfigOptions) {
-  fastify.decorate('config', opts.config ?? loadConfig(opts.env ?? process.env))
+  if (opts.config !== undefined) {
+    fastify.decorate('config', opts.config)
+    return
+  }
+  await fastify.register(fastifyEnv, { ...envOptions(opts.env ?? process.env), confKey: 'config' })
+  checkSettings(fastify.config)
 }, { name: 'config' })

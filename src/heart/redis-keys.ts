@@ -22,8 +22,13 @@ export interface UserKeys {
   watching: string
 }
 
+/** The original system's key, read on the hot path on its own (no other key is built for it). */
+export function legacyKey (prefix: string, userId: string): string {
+  return prefix + userId
+}
+
 export function userKeys (prefix: string, userId: string): UserKeys {
-  const current = prefix + userId
+  const current = legacyKey(prefix, userId)
   const tag = `{${current}}`
   return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching` }
 }

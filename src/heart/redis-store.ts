@@ -1,7 +1,7 @@
 import { Cluster, type Redis } from 'ioredis'
 import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
-import { userKeys } from './redis-keys.js'
+import { legacyKey, userKeys } from './redis-keys.js'
 import { GRANT, HISTORY_SINCE, INGEST, SNAPSHOT } from './redis-scripts.js'
 import {
   StoreUnavailableError,
@@ -109,7 +109,7 @@ export class RedisStore implements HeartStore {
 
   /** The original protocol's read, on the hot path: one GET, one promise. */
   currentBpm (userId: string): Promise<number | null> {
-    return this.redis.get(this.prefix + userId).then(parseBpm, this.failed)
+    return this.redis.get(legacyKey(this.prefix, userId)).then(parseBpm, this.failed)
   }
 
   async ping (): Promise<void> {
