@@ -336,12 +336,26 @@ for (const { store, build: builder } of builders) {
         const app = await make(t)
         t.equal((await post(app, 'eff2', { bpm: 75, ts: T0 + 5000 })).statusCode, 202)
         t.equal((await post(app, 'eff2', { bpm: 140, ts: T0 })).statusCode, 202)
-        t.equal((await post(app, 'eff2', { bpm: 141, ts: T0 + 5000 })).statusCode, 202, 'same ts as current')
         t.same(await app.heartStore.current('eff2'), { bpm: 75, ts: T0 + 5000 })
         const frames = await openSocket(app, 'eff2')
         t.teardown(() => frames.ws.terminate())
         t.same(await frames.ask({ type: 'get', userId: 'eff2' }), { type: 'current', userId: 'eff2', bpm: 75, ts: T0 + 5000 })
-        t.same((await history(app, 'eff2')).map((r) => r.bpm), [75, 140, 141])
+        t.same((await history(app, 'eff2')).map((r) => r.bpm), [75, 140])
+      })
+
+      t.test('a batch without ts (one server time for all) leaves current at its last reading, the one history lists last', async (t) => {
+        const app = await make(t)
+        const res = await post(app, 'eff3', { readings: [{ bpm: 70 }, { bpm: 71 }] })
+        t.equal(res.statusCode, 202)
+        const h = await history(app, 'eff3')
+        t.same(h.map((r) => r.bpm), [70, 71])
+        t.equal(h[0].ts, h[1].ts, 'both stamped with the same server time')
+        t.same(await app.heartStore.current('eff3'), { bpm: 71, ts: h[1].ts })
+        const frames = await openSocket(app, 'eff3')
+        t.teardown(() => frames.ws.terminate())
+        t.same(await frames.ask({ type: 'get', userId: 'eff3' }), { type: 'current', userId: 'eff3', bpm: 71, ts: h[1].ts })
+        frames.ws.send('eff3')
+        t.equal(await frames.next(), '71', 'the legacy frame agrees')
       })
 
       t.test('HISTORY_MAX caps the history', async (t) => {

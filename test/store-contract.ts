@@ -116,6 +116,16 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       t.same(await store.current('u1'), { bpm: 90, ts: 3000 })
     })
 
+    t.test('among readings with the same newest ts, the last in request order becomes current, as history lists it last', async (t) => {
+      const store = await fresh(t)
+      await store.append('u1', [{ bpm: 60, ts: 1000 }])
+      await store.append('u1', [{ bpm: 70, ts: 2000 }, { bpm: 71, ts: 2000 }, { bpm: 65, ts: 1500 }])
+      t.same(await store.current('u1'), { bpm: 71, ts: 2000 })
+      t.equal(await store.currentBpm('u1'), 71)
+      const page = await store.history('u1', { limit: 10 })
+      t.same(page.readings.filter((r) => r.ts === 2000).at(-1)?.bpm, 71)
+    })
+
     t.test('users are kept apart', async (t) => {
       const store = await fresh(t)
       await store.append('u1', [{ bpm: 70, ts: 1000 }])

@@ -70,8 +70,9 @@ export class MemoryStore implements HeartStore {
       data.maxDeletedId = data.history[excess - 1].id
       data.history.splice(0, excess)
     }
+    // Ties go to the later reading, as in the Redis store: current is the one history lists last among the newest.
     for (const r of stored) {
-      if (data.current === null || data.current.ts === null || r.ts > data.current.ts) {
+      if (data.current === null || data.current.ts === null || r.ts >= data.current.ts) {
         data.current = { bpm: r.bpm, ts: r.ts }
       }
     }

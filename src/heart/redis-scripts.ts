@@ -44,7 +44,8 @@ for i = 4, #ARGV, 2 do
   ids[#ids + 1] = id
   msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
   local t = tonumber(ts)
-  if t > newest then newest, newTs, newBpm = t, ts, bpm end
+  -- Ties go to the later reading: current is then the one history lists last among the newest.
+  if t >= newest then newest, newTs, newBpm = t, ts, bpm end
 end
 if newBpm then
   redis.call('SET', KEYS[1], newBpm)
