@@ -109,6 +109,22 @@ function checkRedisChoice (cfg: Config): void {
   }
 }
 
+/** 127.0.0.0/8, ::1 and localhost: the only hosts plain http may reach (a local stub or proxy). */
+function isLoopbackHost (hostname: string): boolean {
+  if (hostname === 'localhost' || hostname === '[::1]') return true
+  return isIP(hostname) === 4 && hostname.startsWith('127.')
+}
+
+/** code2Session carries the AppSecret and answers with a session key: never in clear text over a network. */
+function checkWeChatApiBase (value: string): void {
+  let url: URL | null = null
+  try {
+    url = new URL(value)
+  } catch {}
+  if (url?.protocol === 'https:' || (url?.protocol === 'http:' && isLoopbackHost(url.hostname))) return
+  throw new Error('env/WECHAT_API_BASE must be an https:// URL (http:// only for a loopback host: 127.0.0.0/8, ::1 or localhost)')
+}
+
 /** env-schema's options for the settings in `env` (a copy of the schema: env-schema adds to it). */
 function envOptions (env: Env): { schema: typeof configSchema, data: Env, env: false } {
   return { schema: structuredClone(configSchema), data: env, env: false }
@@ -118,6 +134,7 @@ function envOptions (env: Env): { schema: typeof configSchema, data: Env, env: f
 function checkSettings (config: Config): Config {
   checkTrustProxy(config.TRUST_PROXY)
   checkRedisChoice(config)
+  checkWeChatApiBase(config.WECHAT_API_BASE)
   return config
 }
 

@@ -3,7 +3,7 @@ import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
 import { loadConfig, trustProxyOption, type Config } from '../plugins/config.js'
-import { loggerOptions } from './logger.js'
+import { loggableError, loggerOptions } from './logger.js'
 
 /** Past the drain and the close, a shutdown that still hangs is cut short. */
 const FORCE_EXIT_MS = 10000
@@ -36,7 +36,7 @@ async function main (): Promise<void> {
   } catch (err) {
     fastify.log.fatal({ err }, 'could not start')
     // Also on stderr: with LOG_LEVEL=silent (or above fatal) the log line above is dropped.
-    process.stderr.write(`heart-gateway: could not start: ${(err as Error).message}\n`)
+    process.stderr.write(`heart-gateway: could not start: ${(loggableError(err) as Error).message}\n`)
     process.exit(1)
   }
 

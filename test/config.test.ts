@@ -118,7 +118,12 @@ const BAD_VALUES: Array<[string, string]> = [
   ['HISTORY_MAX', '0'],
   ['MAX_SUBSCRIPTIONS_PER_CONNECTION', '0'],
   ['MAX_BUFFERED_BYTES', '10'],
-  ['LEGACY_KEYSPACE_EVENTS', 'maybe']
+  ['LEGACY_KEYSPACE_EVENTS', 'maybe'],
+  ['WECHAT_API_BASE', 'http://api.weixin.qq.com'],
+  ['WECHAT_API_BASE', 'http://localhost.example.com'],
+  ['WECHAT_API_BASE', 'http://127.0.0.1.example.com'],
+  ['WECHAT_API_BASE', 'http://10.0.0.1:8080'],
+  ['WECHAT_API_BASE', 'ftp://api.weixin.qq.com']
 ]
 
 for (const [name, value] of BAD_VALUES) {
@@ -130,6 +135,12 @@ for (const [name, value] of BAD_VALUES) {
 t.test('loadConfig rejects the same bad values, naming the variable', async (t) => {
   for (const [name, value] of BAD_VALUES) {
     t.throws(() => loadConfig({ [name]: value }), { message: new RegExp(`\\b${name}\\b`) }, `${name}=${JSON.stringify(value)}`)
+  }
+})
+
+t.test('WECHAT_API_BASE may be plain http only on a loopback host', async (t) => {
+  for (const base of ['https://proxy.example.com/wx', 'http://127.0.0.1:9', 'http://127.8.9.10', 'http://[::1]:9', 'http://localhost:9/wx']) {
+    t.equal(loadConfig({ WECHAT_API_BASE: base }).WECHAT_API_BASE, base, base)
   }
 })
 

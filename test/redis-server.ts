@@ -21,10 +21,11 @@ export async function freePort (): Promise<number> {
 export class RedisServer {
   private proc: ChildProcess | null = null
 
-  private constructor (readonly port: number, private readonly extraArgs: string[]) {}
+  private constructor (readonly port: number, private readonly extraArgs: string[], readonly password: string | undefined) {}
 
-  static async start (extraArgs: string[] = []): Promise<RedisServer> {
-    const server = new RedisServer(await freePort(), extraArgs)
+  /** With `password`, the server requires it (`requirepass`), and the probe and client() send it. */
+  static async start (extraArgs: string[] = [], opts: { password?: string } = {}): Promise<RedisServer> {
+    const server = new RedisServer(await freePort(), opts.password === undefined ? extraArgs : [...extraArgs, '--requirepass', opts.password], opts.password)
     await server.start()
     return server
   }
@@ -47,7 +48,7 @@ export class RedisServer {
     proc.once('exit', () => { if (this.proc === proc) this.proc = null })
     const deadline = Date.now() + 10000
     for (;;) {
-      const probe = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
+      const probe = new Redis({ port: this.port, host: '127.0.0.1', password: this.password, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
       probe.on('error', () => {})
       try {
         await probe.connect()
@@ -74,6 +75,6 @@ export class RedisServer {
 
   /** A client of this server for the test's own checks. */
   client (): Redis {
-    return new Redis({ port: this.port, host: '127.0.0.1', maxRetriesPerRequest: 1 })
+    return new Redis({ port: this.port, host: '127.0.0.1', password: this.password, maxRetriesPerRequest: 1 })
   }
 }
