@@ -161,9 +161,18 @@ export class Frames {
     return await this.json(ms)
   }
 
-  /** Waits `ms` and asserts nothing arrived meanwhile; returns what did. */
-  async quiet (ms: number): Promise<string[]> {
-    await new Promise((resolve) => setTimeout(resolve, ms))
+  /**
+   * Waits `ms`, then fails (naming `what`) if any frame is unread: one that arrived meanwhile, or
+   * one left over from before.
+   */
+  async quiet (ms: number, what: string): Promise<void> {
+    await sleep(ms)
+    const got = this.drain()
+    if (got.length > 0) throw new Error(`${what}: expected no frame, got ${got.length}: ${got.slice(0, 3).join(' ')}`)
+  }
+
+  /** Removes and returns every frame received but not yet read, without waiting. */
+  drain (): string[] {
     return this.queue.splice(0)
   }
 }
@@ -242,14 +251,25 @@ export async function sleep (ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-/** Polls `check` until it returns true or `ms` passes; returns whether it did. */
+/**
+ * Polls `check` until it returns true or `ms` passes; returns whether it did. A check still
+ * throwing when time runs out rethrows its last error, so a real failure is not reported as a
+ * bare timeout.
+ */
 export async function eventually (check: () => boolean | Promise<boolean>, ms = 5000, every = 25): Promise<boolean> {
   const deadline = Date.now() + ms
   for (;;) {
+    let failed: { err: unknown } | null = null
     try {
       if (await check()) return true
-    } catch {}
-    if (Date.now() > deadline) return false
+    } catch (err) {
+      failed = { err }
+    }
+    if (Date.now() > deadline) {
+      if (failed === null) return false
+      const message = failed.err instanceof Error ? failed.err.message : String(failed.err)
+      throw new Error(`still failing after ${ms} ms: ${message}`, { cause: failed.err })
+    }
     await sleep(every)
   }
 }

@@ -39,7 +39,7 @@ t.test('a subscriber joining while the feed is away does not make existing watch
   const first = recorder('u1')
   await hub.subscribe(new Subscription(first, 'u1'), undefined, () => {})
   await store.append('u1', [{ bpm: 61, ts: 1 }])
-  await eventually(() => first.bpms().length === 1)
+  t.ok(await eventually(() => first.bpms().length === 1), 'live before the feed goes away')
   feed.muted = true
   await store.append('u1', [{ bpm: 62, ts: 2 }])
   await store.append('u1', [{ bpm: 63, ts: 3 }])
@@ -65,7 +65,7 @@ t.test('a grant withdrawn while the subscription is being set up: subscribed is 
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
-  await eventually(() => hub.topicCount === 1)
+  t.ok(await eventually(() => hub.topicCount === 1), 'the subscription is being set up')
   hub.revoked('alice', 'bob')
   release()
   await subscribing
@@ -106,7 +106,7 @@ t.test('a grant withdrawn while set-up runs, its announcement lost: the check be
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
-  await eventually(() => hub.topicCount === 1)
+  t.ok(await eventually(() => hub.topicCount === 1), 'the subscription is being set up')
   feed.muted = true
   await store.revoke('alice', 'bob')
   feed.muted = false
