@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { Ajv } from 'ajv'
 import { USER_ID_PATTERN } from '../src/heart/reading.js'
 import { errorResponses, sendError } from '../src/http-errors.js'
+import { strictAjv } from '../src/validation.js'
 import { WeChatError, createWeChatClient } from '../src/wechat.js'
 
 const WeChatBody = Type.Object({
@@ -19,9 +19,6 @@ const Login = Type.Object({
 })
 
 const errors = errorResponses(400, 401, 403, 429, 501, 502)
-
-/** A login body of the wrong type or with extra properties is a client bug: no coercion, no silent stripping. */
-const strictAjv = new Ajv({ coerceTypes: false, useDefaults: true, allErrors: false, strict: false })
 
 /**
  * Login: `POST /auth/wechat` trades a mini program's wx.login() code for a token; `POST /auth/dev`

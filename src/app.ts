@@ -7,6 +7,7 @@ import auth, { type AuthOptions } from '../plugins/auth.js'
 import lifecycle from '../plugins/lifecycle.js'
 import metrics from '../plugins/metrics.js'
 import access from '../plugins/access.js'
+import devicesPlugin from '../plugins/devices.js'
 import rateLimit from '../plugins/rate-limit.js'
 import websocket from '../plugins/websocket.js'
 import apiDocs from '../plugins/api-docs.js'
@@ -15,6 +16,7 @@ import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
 import shares from '../routes/shares.js'
+import devices from '../routes/devices.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import root from '../routes/root.js'
@@ -37,6 +39,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(redis)
   await fastify.register(store)
   await fastify.register(access)
+  await fastify.register(devicesPlugin)
   await fastify.register(hub)
   await fastify.register(rateLimit)
   await fastify.register(websocket)
@@ -64,6 +67,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)
   await fastify.register(shares)
+  await fastify.register(devices)
   await fastify.register(demo)
   // Last: it links to the pages registered before it.
   await fastify.register(root)

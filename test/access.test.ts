@@ -31,3 +31,10 @@ t.test('a store that does not answer makes the question fail, not pass', async (
   await t.rejects(access.canRead('bob', 'alice'), down)
   await t.rejects(access.authorize('bob', 'alice'), down)
 })
+
+t.test('a service writes anyone\'s readings, a device its owner\'s alone', async (t) => {
+  const access = new Access({ isGranted: async () => { throw new Error('the store was asked') } })
+  t.equal(access.canWrite({ kind: 'service' }, 'alice'), true)
+  t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'alice'), true)
+  t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'bob'), false)
+})

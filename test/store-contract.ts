@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import { compareIds } from '../src/heart/reading.js'
-import type { FeedListener, HeartStore, LiveReading } from '../src/heart/store.js'
+import type { DeviceRecord, FeedListener, HeartStore, LiveReading } from '../src/heart/store.js'
 import { eventually } from './helper.js'
 
 export interface StoreOptions {
@@ -280,6 +280,54 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       t.equal((await store.viewersOf('owner')).length, 3)
       const granted = await store.viewersOf('owner')
       t.equal(await store.grant('owner', granted[0], 3), true, 'an existing viewer is granted again')
+    })
+
+    const device = (deviceId: string, createdAt = 1000): DeviceRecord => ({ deviceId, name: `band ${deviceId}`, createdAt, keyHash: `hash-of-${deviceId}` })
+
+    t.test('devices: added, listed oldest first without their hash, removed', async (t) => {
+      const store = await fresh(t)
+      t.same(await store.devices('owner'), [])
+      t.equal(await store.addDevice('owner', device('d2', 2000), 20), true)
+      t.equal(await store.addDevice('owner', device('d1', 1000), 20), true)
+      t.equal(await store.addDevice('other', device('d3'), 20), true)
+      t.same(await store.devices('owner'), [
+        { deviceId: 'd1', name: 'band d1', createdAt: 1000, lastSeenAt: null },
+        { deviceId: 'd2', name: 'band d2', createdAt: 2000, lastSeenAt: null }
+      ])
+      t.equal(await store.removeDevice('owner', 'd3'), false, 'another owner\'s device is not mine to remove')
+      t.equal(await store.removeDevice('owner', 'd1'), true)
+      t.equal(await store.removeDevice('owner', 'd1'), false, 'a second remove finds nothing')
+      t.same((await store.devices('owner')).map((d) => d.deviceId), ['d2'])
+      t.same((await store.devices('other')).map((d) => d.deviceId), ['d3'])
+    })
+
+    t.test('verifyDevice holds for the owner\'s device with its hash only, and records when it was seen', async (t) => {
+      const store = await fresh(t)
+      await store.addDevice('owner', device('d1'), 20)
+      t.equal(await store.verifyDevice('owner', 'd1', 'wrong hash', 5000), false, 'another hash')
+      t.equal(await store.verifyDevice('other', 'd1', 'hash-of-d1', 5000), false, 'the same id under another owner')
+      t.equal(await store.verifyDevice('owner', 'nope', 'hash-of-d1', 5000), false, 'an unknown device')
+      t.equal((await store.devices('owner'))[0].lastSeenAt, null, 'refused checks are not sightings')
+      t.equal(await store.verifyDevice('owner', 'd1', 'hash-of-d1', 5000), true)
+      t.equal((await store.devices('owner'))[0].lastSeenAt, 5000)
+      t.equal(await store.verifyDevice('owner', 'd1', 'hash-of-d1', 6000), true)
+      t.equal((await store.devices('owner'))[0].lastSeenAt, 6000)
+      await store.removeDevice('owner', 'd1')
+      t.equal(await store.verifyDevice('owner', 'd1', 'hash-of-d1', 7000), false, 'a removed device is refused at once')
+      await store.addDevice('owner', device('d1'), 20)
+      t.equal((await store.devices('owner'))[0].lastSeenAt, null, 'and its sightings went with it')
+    })
+
+    t.test('devices stop at the cap, also when they arrive together; removing one makes room', async (t) => {
+      const store = await fresh(t)
+      const results = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (id) => await store.addDevice('owner', device(id), 3)))
+      t.equal(results.filter(Boolean).length, 3, 'three of five simultaneous additions')
+      const kept = (await store.devices('owner')).map((d) => d.deviceId)
+      t.equal(kept.length, 3)
+      t.equal(await store.addDevice('other', device('f'), 3), true, 'the cap is per owner')
+      await store.removeDevice('owner', kept[0])
+      t.equal(await store.addDevice('owner', device('g'), 3), true)
+      t.equal(await store.addDevice('owner', device('h'), 3), false)
     })
 
     t.test('a revoke reaches the feed of instances watching the owner', async (t) => {

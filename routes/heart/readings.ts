@@ -1,16 +1,20 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Ajv } from 'ajv'
-import type { FastifySchemaValidationError } from 'fastify'
 import { apiKeyChecker } from '../../src/api-keys.js'
+import type { Writer } from '../../src/heart/access.js'
 import { BATCH_MAX } from '../../src/heart/batch.js'
 import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId, type NewReading } from '../../src/heart/reading.js'
 import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
 import { errorResponses, sendError } from '../../src/http-errors.js'
+import { formatSchemaErrors, strictAjv } from '../../src/validation.js'
 
 /** How far ahead of the server's clock a device's `ts` may be. */
 const FUTURE_TOLERANCE_MS = 60_000
 /** 2001-09-09: a smaller `ts` is almost always seconds sent where milliseconds belong. */
 const TS_MIN = 1_000_000_000_000
+
+const SERVICE: Writer = { kind: 'service' }
 
 const UserParams = Type.Object({ userId: Type.String({ pattern: USER_ID_PATTERN }) })
 
@@ -42,21 +46,8 @@ const History = Type.Object({
   truncated: Type.Optional(Type.Boolean({ description: 'readings after `since` were already trimmed from history' }))
 })
 
-/*
- * Bodies are validated without type coercion: a device sending "72" for 72 has a bug worth a 400.
- * Query strings are text by nature, so `limit=5` is coerced as usual.
- */
-const strictAjv = new Ajv({ coerceTypes: false, useDefaults: true, allErrors: false, strict: false })
+/* Bodies are strict (src/validation.ts); query strings are text by nature, so `limit=5` is coerced as usual. */
 const queryAjv = new Ajv({ coerceTypes: true, useDefaults: true, removeAdditional: true, allErrors: false, strict: false })
-
-/** Fastify's message, except that an unknown property is named (Ajv's own message only names the object holding it). */
-function formatSchemaErrors (errors: FastifySchemaValidationError[], dataVar: string): Error {
-  return new Error(errors.map((e) => {
-    const extra = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty?: unknown }).additionalProperty : undefined
-    if (typeof extra === 'string') return `${dataVar}${e.instancePath}/${extra} is not an accepted property`
-    return `${dataVar}${e.instancePath} ${e.message ?? 'is invalid'}`
-  }).join(', '))
-}
 
 /**
  * Readings of a user: devices and gateways POST them (API key), viewers GET history (Bearer token,
@@ -67,27 +58,43 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strictAjv : queryAjv).compile(schema))
   fastify.setSchemaErrorFormatter(formatSchemaErrors)
   const { INGEST_API_KEYS } = fastify.config
-  const validKey = apiKeyChecker(INGEST_API_KEYS)
-  if (INGEST_API_KEYS.length === 0) fastify.log.warn('INGEST_API_KEYS is not set: POST /heart/:userId/readings answers 401 to everyone')
+  const serviceKey = apiKeyChecker(INGEST_API_KEYS)
+  if (INGEST_API_KEYS.length === 0) fastify.log.warn('INGEST_API_KEYS is not set: only device keys (POST /devices) can write readings')
+
+  /** Who the request writes as: a service key (INGEST_API_KEYS) or a device key; null for neither. */
+  async function writerOf (request: FastifyRequest): Promise<Writer | null> {
+    const key = request.headers['x-api-key']
+    if (typeof key !== 'string') return null
+    if (serviceKey(key)) return SERVICE
+    const ownerId = await fastify.devices.ownerOf(key)
+    return ownerId === null ? null : { kind: 'device', ownerId }
+  }
+
+  /**
+   * Ingest's authorization, all of it: 401 without a known writer, 403 when the access rule says
+   * it may not write this user. Before validation, so a refused writer learns nothing about the
+   * body; the path is not validated yet either, but a userId that is no user id is nobody's device.
+   */
+  async function authorizeIngest (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const writer = await writerOf(request)
+    if (writer === null) return sendError(reply, 401, 'missing or unknown x-api-key')
+    const { userId } = request.params as { userId: string }
+    if (!fastify.access.canWrite(writer, userId)) return sendError(reply, 403, 'not allowed to write this user\'s readings: a device key writes only its owner\'s')
+  }
 
   fastify.post('/heart/:userId/readings', {
     bodyLimit: 64 * 1024,
     schema: {
-      summary: 'Ingest heart-rate readings of a user (devices, gateways)',
+      summary: 'Ingest heart-rate readings of a user (a service key for anyone, a device key for its owner)',
       headers: Type.Object({ 'x-api-key': Type.Optional(Type.String()) }),
       params: UserParams,
       body: IngestBody,
-      response: { 202: Accepted, ...errorResponses(400, 401, 503) }
+      response: { 202: Accepted, ...errorResponses(400, 401, 403, 503) }
     },
     onResponse: async (_request, reply) => {
       if (reply.statusCode !== 202) fastify.metrics.ingestRejected.labels(String(reply.statusCode)).inc()
     },
-    preValidation: async (request, reply) => {
-      const key = request.headers['x-api-key']
-      if (!validKey(typeof key === 'string' ? key : undefined)) {
-        return sendError(reply, 401, 'missing or unknown x-api-key')
-      }
-    }
+    preValidation: authorizeIngest
   }, async (request, reply) => {
     const body = request.body
     if ((body.bpm === undefined) === (body.readings === undefined)) {

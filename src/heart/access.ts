@@ -3,6 +3,14 @@ import type { HeartStore } from './store.js'
 /** What the access rule needs from a store: the grants alone. */
 export type GrantStore = Pick<HeartStore, 'isGranted'>
 
+/**
+ * Who is writing readings. A service key (INGEST_API_KEYS) belongs to a trusted gateway that
+ * writes for many users; a device key writes for the device's owner.
+ */
+export type Writer =
+  | { kind: 'service' }
+  | { kind: 'device', ownerId: string }
+
 /** `viewerId` may not read `ownerId`'s heart rate. */
 export class ForbiddenError extends Error {
   constructor (readonly ownerId: string) {
@@ -12,9 +20,10 @@ export class ForbiddenError extends Error {
 }
 
 /**
- * Who may read whom, decided here and nowhere else: a user reads their own heart rate, and
- * another's when that person has shared it with them (PUT /shares/:viewerId). Every read path
- * (get, subscribe, the legacy frame, history) and every re-check of a live subscription asks this.
+ * Who may read whom, and who may write whose readings, decided here and nowhere else: a user
+ * reads their own heart rate, and another's when that person has shared it with them
+ * (PUT /shares/:viewerId). Every read path (get, subscribe, the legacy frame, history) and every
+ * re-check of a live subscription asks this, and so does every ingest (`canWrite`).
  * It is asked each time, never cached, so a withdrawn grant takes effect at the next question.
  *
  * The argument order is always (viewerId, ownerId), "may viewer read owner"; the store's
@@ -26,6 +35,11 @@ export class Access {
   /** Whether `viewerId` may read `ownerId`'s heart rate. */
   async canRead (viewerId: string, ownerId: string): Promise<boolean> {
     return viewerId === ownerId || await this.grants.isGranted(ownerId, viewerId)
+  }
+
+  /** Whether `writer` may write `userId`'s readings: a service for anyone, a device for its owner alone. */
+  canWrite (writer: Writer, userId: string): boolean {
+    return writer.kind === 'service' || writer.ownerId === userId
   }
 
   /** Resolves when `viewerId` may read `ownerId`'s heart rate; rejects with ForbiddenError otherwise. */

@@ -1,6 +1,6 @@
 import { MemoryFeed } from './memory-feed.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
-import type { HeartStore, HistoryPage, HistoryQuery, Snapshot } from './store.js'
+import { byCreation, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
 
 interface UserData {
   current: Current | null
@@ -20,6 +20,8 @@ export class MemoryStore implements HeartStore {
   private readonly users = new Map<string, UserData>()
   private readonly viewers = new Map<string, Set<string>>()
   private readonly watching = new Map<string, Set<string>>()
+  /** Owner -> device id -> the device and when it was last seen. */
+  private readonly ownDevices = new Map<string, Map<string, DeviceRecord & { lastSeenAt: number | null }>>()
   private lastMs = 0
   private seq = 0
 
@@ -116,10 +118,39 @@ export class MemoryStore implements HeartStore {
     return [...this.watching.get(viewerId) ?? []].sort()
   }
 
+  async addDevice (ownerId: string, device: DeviceRecord, maxDevices: number): Promise<boolean> {
+    const devices = this.ownDevices.get(ownerId) ?? new Map()
+    if (devices.size >= maxDevices) return false
+    devices.set(device.deviceId, { ...device, lastSeenAt: null })
+    this.ownDevices.set(ownerId, devices)
+    return true
+  }
+
+  async devices (ownerId: string): Promise<DeviceInfo[]> {
+    return [...this.ownDevices.get(ownerId)?.values() ?? []]
+      .map(({ deviceId, name, createdAt, lastSeenAt }) => ({ deviceId, name, createdAt, lastSeenAt }))
+      .sort(byCreation)
+  }
+
+  async removeDevice (ownerId: string, deviceId: string): Promise<boolean> {
+    const devices = this.ownDevices.get(ownerId)
+    if (devices === undefined || !devices.delete(deviceId)) return false
+    if (devices.size === 0) this.ownDevices.delete(ownerId)
+    return true
+  }
+
+  async verifyDevice (ownerId: string, deviceId: string, keyHash: string, seenAt: number): Promise<boolean> {
+    const device = this.ownDevices.get(ownerId)?.get(deviceId)
+    if (device === undefined || device.keyHash !== keyHash) return false
+    device.lastSeenAt = seenAt
+    return true
+  }
+
   async close (): Promise<void> {
     this.users.clear()
     this.viewers.clear()
     this.watching.clear()
+    this.ownDevices.clear()
   }
 }
 

@@ -8,8 +8,10 @@
  * - `{<prefix><userId>}:live`     the pub/sub channel new readings (and revocations of grants) are published on.
  * - `{<prefix><userId>}:viewers`  a set: who may read this user (sharing).
  * - `{<prefix><userId>}:watching` a set: whom this user may read.
+ * - `{<prefix><userId>}:devices`  a hash: device id -> JSON `{"name","createdAt","keyHash"}` of this user's devices.
+ * - `{<prefix><userId>}:devices-seen` a hash: device id -> when its key last wrote (ms).
  *
- * The braces are a cluster hash tag whose content is the legacy key itself, so all four hash
+ * The braces are a cluster hash tag whose content is the legacy key itself, so all of them hash
  * to the legacy key's slot (and a prefix must not contain braces). User ids cannot contain
  * braces or colons, so these names never collide with a legacy key.
  */
@@ -20,6 +22,8 @@ export interface UserKeys {
   channel: string
   viewers: string
   watching: string
+  devices: string
+  devicesSeen: string
 }
 
 /** The original system's key, read on the hot path on its own (no other key is built for it). */
@@ -30,7 +34,7 @@ export function legacyKey (prefix: string, userId: string): string {
 export function userKeys (prefix: string, userId: string): UserKeys {
   const current = legacyKey(prefix, userId)
   const tag = `{${current}}`
-  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching` }
+  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching`, devices: `${tag}:devices`, devicesSeen: `${tag}:devices-seen` }
 }
 
 const CHANNEL_SUFFIX = '}:live'

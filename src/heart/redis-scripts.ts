@@ -67,6 +67,36 @@ redis.call('SADD', KEYS[1], ARGV[1])
 return 1
 `)
 
+/*
+ * Devices of one owner, all on the owner's slot. The cap check and the write are one step.
+ * KEYS: devices. ARGV: device id, record (JSON), max. Returns 1, or 0 when the cap refused it.
+ */
+export const ADD_DEVICE = new LuaScript(`#!lua
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`)
+
+/* KEYS: devices, devices-seen. ARGV: device id. Returns 1 when the device existed, else 0. */
+export const REMOVE_DEVICE = new LuaScript(`#!lua
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return removed
+`)
+
+/*
+ * A device key's check and its lastSeenAt in one round trip. Comparing hashes with ~= is not
+ * constant-time, which is harmless here: an attacker who learns a prefix of a SHA-256 learns
+ * nothing about the 256-bit secret behind it.
+ * KEYS: devices, devices-seen. ARGV: device id, key hash, now. Returns 1 when the key is the device's.
+ */
+export const VERIFY_DEVICE = new LuaScript(`#!lua
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record or cjson.decode(record)['keyHash'] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+`)
+
 /* Current value and newest history id, read together. KEYS: current, meta, history. */
 export const SNAPSHOT = new LuaScript(`#!lua flags=no-writes
 local v = redis.call('MGET', KEYS[1], KEYS[2])

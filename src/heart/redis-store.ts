@@ -2,10 +2,10 @@ import { Cluster, type Redis } from 'ioredis'
 import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
-import { GRANT, HISTORY_SINCE, INGEST, SNAPSHOT } from './redis-scripts.js'
+import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import {
-  StoreUnavailableError,
-  type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
+  StoreUnavailableError, byCreation,
+  type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
 } from './store.js'
 
 type StreamEntry = [id: string, fields: string[]]
@@ -199,6 +199,32 @@ export class RedisStore implements HeartStore {
 
   async watchedBy (viewerId: string): Promise<string[]> {
     return (await this.guarded(() => this.redis.smembers(userKeys(this.prefix, viewerId).watching))).sort()
+  }
+
+  async addDevice (ownerId: string, device: DeviceRecord, maxDevices: number): Promise<boolean> {
+    const { deviceId, name, createdAt, keyHash } = device
+    const record = JSON.stringify({ name, createdAt, keyHash })
+    return await this.guarded(() => ADD_DEVICE.run(this.redis, [userKeys(this.prefix, ownerId).devices], [deviceId, record, maxDevices])) === 1
+  }
+
+  async devices (ownerId: string): Promise<DeviceInfo[]> {
+    const k = userKeys(this.prefix, ownerId)
+    const [records, seen] = await this.guarded(async () => await Promise.all([this.redis.hgetall(k.devices), this.redis.hgetall(k.devicesSeen)]))
+    return Object.entries(records).map(([deviceId, json]) => {
+      const { name, createdAt } = JSON.parse(json) as { name: string, createdAt: number }
+      const lastSeen = seen[deviceId]
+      return { deviceId, name, createdAt, lastSeenAt: lastSeen === undefined ? null : Number(lastSeen) }
+    }).sort(byCreation)
+  }
+
+  async removeDevice (ownerId: string, deviceId: string): Promise<boolean> {
+    const k = userKeys(this.prefix, ownerId)
+    return await this.guarded(() => REMOVE_DEVICE.run(this.redis, [k.devices, k.devicesSeen], [deviceId])) === 1
+  }
+
+  async verifyDevice (ownerId: string, deviceId: string, keyHash: string, seenAt: number): Promise<boolean> {
+    const k = userKeys(this.prefix, ownerId)
+    return await this.guarded(() => VERIFY_DEVICE.run(this.redis, [k.devices, k.devicesSeen], [deviceId, keyHash, seenAt])) === 1
   }
 
   async close (): Promise<void> {

@@ -19,6 +19,31 @@ export interface HistoryPage {
   truncated: boolean
 }
 
+/**
+ * A device as the store keeps it: its key is never stored, only `keyHash`, the SHA-256 (hex) of the
+ * key's secret (src/heart/devices.ts).
+ */
+export interface DeviceRecord {
+  deviceId: string
+  name: string
+  createdAt: number
+  keyHash: string
+}
+
+/** A device as its owner sees it (GET /devices): no key, no hash. */
+export interface DeviceInfo {
+  deviceId: string
+  name: string
+  createdAt: number
+  /** When its key last wrote readings; null when never. */
+  lastSeenAt: number | null
+}
+
+/** The order `devices` lists them in: oldest first, ties by id, the same on both stores. */
+export function byCreation (a: DeviceInfo, b: DeviceInfo): number {
+  return a.createdAt - b.createdAt || (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0)
+}
+
 export interface HistoryQuery {
   /** Exclusive lower bound; without it the newest `limit` readings are returned. */
   since?: string | undefined
@@ -75,6 +100,22 @@ export interface HeartStore {
   viewersOf (ownerId: string): Promise<string[]>
   /** Whom `viewerId` may read, sorted. */
   watchedBy (viewerId: string): Promise<string[]>
+
+  /**
+   * Registers a device of `ownerId`, unless the owner already has `maxDevices`: the check and the
+   * write are one step, so simultaneous creations cannot pass the cap. False when the cap refused it.
+   */
+  addDevice (ownerId: string, device: DeviceRecord, maxDevices: number): Promise<boolean>
+  /** The owner's devices, oldest first. */
+  devices (ownerId: string): Promise<DeviceInfo[]>
+  /** Forgets a device and when it was seen; false when the owner had no such device. */
+  removeDevice (ownerId: string, deviceId: string): Promise<boolean>
+  /**
+   * Whether `ownerId` has `deviceId` with this key hash; when it does, `seenAt` becomes its
+   * `lastSeenAt` in the same step. Asked on every request with a device key, never cached, so a
+   * removed device is refused at once by every instance.
+   */
+  verifyDevice (ownerId: string, deviceId: string, keyHash: string, seenAt: number): Promise<boolean>
 
   close (): Promise<void>
 }
