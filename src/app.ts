@@ -26,6 +26,13 @@ import { redactUrl } from './logger.js'
 
 export type AppOptions = ConfigOptions & AuthOptions
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** What the route's 503 says when the heart store does not answer, if a retry needs more than "try again". */
+    storeUnavailableMessage?: string
+  }
+}
+
 /**
  * The whole service as a plugin: tests build it without listening, src/server.ts runs it.
  * Order: config first (everything reads fastify.config while registering), auth next (it refuses
@@ -48,7 +55,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err instanceof StoreUnavailableError) {
       request.log.warn({ err: err.cause }, 'heart store unavailable')
-      return sendError(reply, 503, 'heart-rate store is unavailable, try again shortly')
+      return sendError(reply, 503, request.routeOptions.config.storeUnavailableMessage ?? 'heart-rate store is unavailable, try again shortly')
     }
     const status = err.statusCode ?? 500
     if (status < 500) return sendError(reply, status, err.message)

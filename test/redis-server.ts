@@ -63,6 +63,16 @@ export class RedisServer {
     }
   }
 
+  /** Pauses the process (SIGSTOP): its connections stay open and nothing is answered, as with a stuck Redis. */
+  pause (): void {
+    this.proc?.kill('SIGSTOP')
+  }
+
+  /** Lets a paused server go on (SIGCONT): it answers what it was sent meanwhile. */
+  resume (): void {
+    this.proc?.kill('SIGCONT')
+  }
+
   /** Kills the server at once, as a crash would. */
   async stop (): Promise<void> {
     const proc = this.proc

@@ -52,7 +52,8 @@ const queryAjv = new Ajv({ coerceTypes: true, useDefaults: true, removeAdditiona
 /**
  * Readings of a user: devices and gateways POST them (API key), viewers GET history (Bearer token,
  * same authorization as the socket). Ingest is atomic per request: all readings stored, current
- * value moved and published, or nothing and a 503.
+ * value moved and published, or none of it. A 503 cannot say which: a Redis that stopped answering
+ * may still run the write once it answers again (the store gives up waiting after about a second).
  */
 const readings: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strictAjv : queryAjv).compile(schema))
@@ -84,6 +85,7 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/heart/:userId/readings', {
     bodyLimit: 64 * 1024,
+    config: { storeUnavailableMessage: 'heart-rate store did not answer; outcome unknown: resend the same readings with their ts' },
     schema: {
       summary: 'Ingest heart-rate readings of a user (a service key for anyone, a device key for its owner)',
       headers: Type.Object({ 'x-api-key': Type.Optional(Type.String()) }),

@@ -1,4 +1,5 @@
 import { Cluster, type Redis } from 'ioredis'
+import { TimeoutError, withTimeout } from '../timeout.js'
 import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
@@ -57,6 +58,22 @@ export interface RedisStoreOptions {
 
 const quiet: FeedLog = { debug () {}, info () {}, warn () {}, error () {} }
 
+/**
+ * How long a caller waits for Redis before it is told the store is unavailable (ioredis's own
+ * command timeout, plugins/redis.ts, is longer: it bounds the legacy hot path, which has no timer).
+ */
+const ANSWER_MS = 1000
+/** While Redis is not answering, how soon a failed PING is tried again. */
+const PROBE_MS = 250
+
+/** Why a command was not sent: Redis stopped answering and has not answered a PING since. */
+class NotAnsweringError extends Error {
+  constructor () {
+    super('redis is not answering: command not sent')
+    this.name = 'NotAnsweringError'
+  }
+}
+
 /** The Redis store: commands here, pub/sub in its feed (redis-feed.ts), scripts in redis-scripts.ts. */
 export class RedisStore implements HeartStore {
   readonly kind = 'redis'
@@ -66,6 +83,14 @@ export class RedisStore implements HeartStore {
   private readonly prefix: string
   private readonly historyMax: number
   private readonly onError: (err: unknown) => void
+  private readonly log: FeedLog
+  /**
+   * Set when a command waited ANSWER_MS (a paused or overloaded Redis keeps the connection open
+   * but answers nothing); until a PING answers again, commands fail at once instead of queueing
+   * behind the stuck ones. One server only: on a cluster one stuck shard must not fail the others.
+   */
+  private stalled = false
+  private closed = false
 
   /** Opens the store and its feed; resolves once the feed can subscribe. */
   static async open (opts: RedisStoreOptions): Promise<RedisStore> {
@@ -80,18 +105,20 @@ export class RedisStore implements HeartStore {
     this.cluster = opts.redis instanceof Cluster
     this.prefix = opts.prefix
     this.historyMax = opts.historyMax
+    this.log = opts.log ?? quiet
     this.feed = new RedisFeed({
       redis: opts.redis,
       prefix: opts.prefix,
       legacyRead: opts.legacyKeyspaceEvents === true ? async (userId) => await this.legacyValue(userId) : null,
       onError: this.onError,
-      log: opts.log ?? quiet
+      log: this.log
     })
   }
 
   private async guarded<T> (op: () => Promise<T>): Promise<T> {
+    if (this.stalled) throw this.unavailable(new NotAnsweringError())
     try {
-      return await op()
+      return await withTimeout(op(), ANSWER_MS)
     } catch (err) {
       throw this.unavailable(err)
     }
@@ -99,7 +126,30 @@ export class RedisStore implements HeartStore {
 
   private unavailable (err: unknown): StoreUnavailableError {
     this.onError(err)
+    // ioredis's own command timeout (the legacy hot path) has no error class of its own.
+    if (err instanceof TimeoutError || (err instanceof Error && err.message === 'Command timed out')) this.notAnswering()
     return new StoreUnavailableError(err)
+  }
+
+  private notAnswering (): void {
+    if (this.stalled || this.cluster || this.closed) return
+    this.stalled = true
+    this.log.warn(`redis did not answer within ${ANSWER_MS} ms: commands fail at once until it answers a PING`)
+    void this.probe()
+  }
+
+  /** PINGs until Redis answers (each PING waits up to ioredis's command timeout). */
+  private async probe (): Promise<void> {
+    while (!this.closed) {
+      try {
+        await this.redis.ping()
+        this.stalled = false
+        this.log.info('redis answers again')
+        return
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, PROBE_MS).unref())
+      }
+    }
   }
 
   /** A rejection handler for the hot path, made once. */
@@ -109,6 +159,7 @@ export class RedisStore implements HeartStore {
 
   /** The original protocol's read, on the hot path: one GET, one promise. */
   currentBpm (userId: string): Promise<number | null> {
+    if (this.stalled) return Promise.reject(this.unavailable(new NotAnsweringError()))
     return this.redis.get(legacyKey(this.prefix, userId)).then(parseBpm, this.failed)
   }
 
@@ -228,6 +279,7 @@ export class RedisStore implements HeartStore {
   }
 
   async close (): Promise<void> {
+    this.closed = true
     await this.feed.close()
   }
 }

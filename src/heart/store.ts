@@ -73,7 +73,10 @@ export interface ReadingFeed {
  * The only way routes and the hub reach heart-rate data. Implemented by the Redis store
  * (shared by every instance) and the embedded store (one process, nothing survives a restart);
  * both pass the same contract tests (test/store-contract.ts).
- * Every method rejects with StoreUnavailableError when the backing store does not answer.
+ * Every method rejects with StoreUnavailableError when the backing store does not answer, within
+ * about a second (the Redis store's ANSWER_MS; `currentBpm` within ioredis's command timeout), so
+ * callers never queue behind a stuck Redis. For a write that means "outcome unknown": the command
+ * may still run once Redis answers again.
  */
 export interface HeartStore {
   readonly kind: 'redis' | 'memory'
