@@ -73,8 +73,7 @@ t.test('a paused Redis (SIGSTOP): ingest answers 503 "outcome unknown" within ab
   const resumed = Date.now()
   t.ok(await eventually(async () => await health(server) === 200, 5000, 20), '/health is 200 again')
   const healthBack = Date.now() - resumed
-  let accepted: Answer | null = null
-  t.ok(await eventually(async () => (accepted = await post(server, [{ bpm: 99, ts: base + 99 }])).status === 202, 5000, 20), 'ingest answers 202 again')
+  t.ok(await eventually(async () => (await post(server, [{ bpm: 99, ts: base + 99 }])).status === 202, 5000, 20), 'ingest answers 202 again')
   const ingestBack = Date.now() - resumed
   t.comment(`recovery after SIGCONT: /health 200 after ${healthBack} ms, ingest 202 after ${ingestBack} ms`)
   t.match(await frames.until((f) => f.type === 'reading' && f.bpm === 99), { userId: 'u1', ts: base + 99 }, 'the same socket gets live readings again, without reconnecting')
@@ -90,5 +89,5 @@ t.test('a paused Redis (SIGSTOP): ingest answers 503 "outcome unknown" within ab
   const after = await history()
   for (const s of sent) t.ok(after.some((r) => r.ts === s.ts && r.bpm === s.bpm), `reading ${s.ts - base} is in history`)
   // Until ingest skips a reading it already holds (same user and ts), what the stall stored anyway is there twice.
-  t.equal(after.length, 2 + sent.length + storedAnyway, `history: the readings, and ${storedAnyway} of them twice`)
+  t.equal(after.filter((r) => sent.some((s) => s.ts === r.ts)).length, sent.length + storedAnyway, `history: the readings, and ${storedAnyway} of them twice`)
 })
