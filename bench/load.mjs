@@ -283,6 +283,7 @@ async function push () {
         const wall = Date.now()
         const f = JSON.parse(data)
         if (f.type === 'subscribed') { clearTimeout(timer); resolve(); return }
+        if (f.type === 'status') return
         if (f.type !== 'reading') { unexpected++; return }
         const key = `${f.userId}|${f.ts}|${f.bpm}`
         const r = readings.get(key)

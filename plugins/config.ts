@@ -40,6 +40,8 @@ export const configSchema = Type.Object({
   MAX_SUBSCRIPTIONS_PER_CONNECTION: Type.Integer({ minimum: 1, maximum: 10000, default: 20 }),
   MAX_BUFFERED_BYTES: Type.Integer({ minimum: 1024, maximum: 1073741824, default: 1048576 }),
   LEGACY_KEYSPACE_EVENTS: Type.Boolean({ default: false }),
+  // A user is offline when their newest reading is this old, or when there was none (status frames).
+  OFFLINE_AFTER_MS: Type.Integer({ minimum: 1000, maximum: 86400000, default: 15000 }),
   // Identity and access
   JWT_PUBLIC_KEY: Type.Optional(Type.String({ minLength: 1 })),
   TOKEN_TTL_S: Type.Integer({ minimum: 60, maximum: 2592000, default: 7200 }),

@@ -7,11 +7,11 @@ declare module 'fastify' {
   }
 }
 
-/** The subscription hub of this instance: fan-out of live readings to local sockets. */
+/** The subscription hub of this instance: fan-out of live readings and presence to local sockets. */
 export default fp(async function hub (fastify) {
-  const hub = new Hub(fastify.heartStore, fastify.access, fastify.log, fastify.metrics)
+  const hub = new Hub(fastify.heartStore, fastify.access, fastify.log, { offlineAfterMs: fastify.config.OFFLINE_AFTER_MS, observer: fastify.metrics })
   fastify.decorate('hub', hub)
   fastify.metrics.gauge('heart_subscriptions', 'Live subscriptions (socket × watched user)', () => hub.subscriptionCount)
   fastify.metrics.gauge('heart_watched_users', 'Users this instance holds a Redis subscription for', () => hub.topicCount)
   fastify.addHook('onClose', async () => hub.close())
-}, { name: 'hub', dependencies: ['store', 'access', 'metrics'] })
+}, { name: 'hub', dependencies: ['config', 'store', 'access', 'metrics'] })

@@ -3,7 +3,7 @@ import { CLIENT_FRAME_TYPES, ERROR_CODES, type ErrorCode } from './heart/protoco
 
 /** Frame types counted in and out; `legacy` is the original protocol's text frame. */
 export type FrameInType = typeof CLIENT_FRAME_TYPES[number] | 'legacy' | 'invalid'
-export type FrameOutType = 'reading' | 'reply' | 'error'
+export type FrameOutType = 'reading' | 'status' | 'reply' | 'error'
 
 /**
  * A labelled counter counted in plain numbers on the hot path and handed to prom-client only
@@ -42,7 +42,7 @@ export class Metrics {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'heart_' })
     this.framesIn = tally(this.registry, 'heart_frames_in_total', 'WebSocket frames received, by type', 'type', [...CLIENT_FRAME_TYPES, 'legacy', 'invalid'])
-    this.framesOut = tally(this.registry, 'heart_frames_out_total', 'WebSocket frames sent, by kind: reading (push), reply, error', 'type', ['reading', 'reply', 'error'])
+    this.framesOut = tally(this.registry, 'heart_frames_out_total', 'WebSocket frames sent, by kind: reading (push), status, reply, error', 'type', ['reading', 'status', 'reply', 'error'])
     this.errors = tally(this.registry, 'heart_errors_total', 'Error frames sent, by code', 'code', ERROR_CODES)
     this.pushLatency = new Histogram({
       name: 'heart_push_latency_seconds',

@@ -31,6 +31,7 @@ const DEFAULTS: Record<string, unknown> = {
   MAX_SUBSCRIPTIONS_PER_CONNECTION: 20,
   MAX_BUFFERED_BYTES: 1048576,
   LEGACY_KEYSPACE_EVENTS: false,
+  OFFLINE_AFTER_MS: 15000,
   JWT_PUBLIC_KEY: undefined,
   TOKEN_TTL_S: 7200,
   WECHAT_APPID: undefined,
@@ -123,7 +124,9 @@ const BAD_VALUES: Array<[string, string]> = [
   ['WECHAT_API_BASE', 'http://localhost.example.com'],
   ['WECHAT_API_BASE', 'http://127.0.0.1.example.com'],
   ['WECHAT_API_BASE', 'http://10.0.0.1:8080'],
-  ['WECHAT_API_BASE', 'ftp://api.weixin.qq.com']
+  ['WECHAT_API_BASE', 'ftp://api.weixin.qq.com'],
+  ['OFFLINE_AFTER_MS', '999'],
+  ['OFFLINE_AFTER_MS', 'soon']
 ]
 
 for (const [name, value] of BAD_VALUES) {

@@ -98,6 +98,13 @@ export async function buildWithRedis (t: Test, env: Env = {}, opts: BuildOptions
   return await build(t, { REDIS_URL: redis.url, HEART_KEY_PREFIX: uniquePrefix(), ...env }, opts)
 }
 
+export interface FramesOptions {
+  /** Keep `status` frames (test/status.test.ts); others skip them, as users start offline and every first reading brings one. */
+  withStatus?: boolean
+}
+
+const STATUS_FRAME_HEAD = '{"type":"status"'
+
 /** Reads frames from a client socket in order. Attach it before sending anything. */
 export class Frames {
   private readonly queue: string[] = []
@@ -105,9 +112,12 @@ export class Frames {
   closeCode: number | null = null
   readonly closed: Promise<number>
 
-  constructor (readonly ws: WebSocket) {
+  constructor (readonly ws: WebSocket, opts: FramesOptions = {}) {
+    const withStatus = opts.withStatus === true
     ws.on('message', (data) => {
-      this.queue.push(String(data))
+      const text = String(data)
+      if (!withStatus && text.startsWith(STATUS_FRAME_HEAD)) return
+      this.queue.push(text)
       this.wake()
     })
     this.closed = new Promise((resolve) => ws.once('close', (code) => {
@@ -178,9 +188,9 @@ export class Frames {
 }
 
 /** Opens /heart/current on an in-process app as `userId`. */
-export async function openSocket (fastify: FastifyInstance, userId: string): Promise<Frames> {
+export async function openSocket (fastify: FastifyInstance, userId: string, opts: FramesOptions = {}): Promise<Frames> {
   const ws = await fastify.injectWS('/heart/current', { headers: bearer(userId) })
-  return new Frames(ws)
+  return new Frames(ws, opts)
 }
 
 export interface ServerProcess {
@@ -292,7 +302,7 @@ export class Refused extends Error {
   }
 }
 
-export interface WsOptions {
+export interface WsOptions extends FramesOptions {
   headers?: Record<string, string>
   query?: string
   tls?: tls.ConnectionOptions
@@ -307,7 +317,7 @@ const HANDSHAKE_TIMEOUT_MS = 5000
 export async function openWebSocket (tt: { teardown: (fn: () => void) => void }, url: string, opts: WsOptions = {}): Promise<Frames> {
   const ws = new WebSocket(url + (opts.query ?? ''), { headers: opts.headers, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ...opts.tls })
   tt.teardown(() => ws.terminate())
-  const frames = new Frames(ws)
+  const frames = new Frames(ws, opts)
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve())
     ws.once('error', reject)

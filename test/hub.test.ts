@@ -6,6 +6,7 @@ import type { FeedListener, LiveReading } from '../src/heart/store.js'
 import { eventually } from './helper.js'
 
 const quiet = { warn () {} }
+const HUB_OPTS = { offlineAfterMs: 15000 }
 
 /** A watcher that records what it is sent, in order. */
 function recorder (userId: string): Watcher & { frames: string[], bpms: () => number[] } {
@@ -16,6 +17,7 @@ function recorder (userId: string): Watcher & { frames: string[], bpms: () => nu
     push (_owner, frame) { frames.push(frame.toString()) },
     send (frame) { frames.push(frame) },
     revoked (ownerId) { frames.push(`revoked:${ownerId}`) },
+    notify (_owner, frame) { frames.push(frame) },
     bpms: () => frames.filter((f) => f.startsWith('{')).map((f) => JSON.parse(f).bpm)
   }
 }
@@ -34,7 +36,7 @@ function muteable (store: MemoryStore, hub: Hub): { muted: boolean } {
 
 t.test('a subscriber joining while the feed is away does not make existing watchers skip what they missed', async (t) => {
   const store = new MemoryStore(100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const feed = muteable(store, hub)
   const first = recorder('u1')
   await hub.subscribe(new Subscription(first, 'u1'), undefined, () => {})
@@ -61,7 +63,7 @@ t.test('a grant withdrawn while the subscription is being set up: subscribed is 
     return await snapshot(userId)
   }
   await store.grant('alice', 'bob', 100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
@@ -88,7 +90,7 @@ function holdSnapshot (store: MemoryStore): () => void {
 
 t.test('a watcher who may not read the user is refused with ForbiddenError before anything is watched', async (t) => {
   const store = new MemoryStore(100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   await t.rejects(hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed')), new ForbiddenError('alice'))
@@ -100,7 +102,7 @@ t.test('a watcher who may not read the user is refused with ForbiddenError befor
 t.test('a grant withdrawn while set-up runs, its announcement lost: the check before going live catches it', async (t) => {
   const store = new MemoryStore(100)
   await store.grant('alice', 'bob', 100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const feed = muteable(store, hub)
   const release = holdSnapshot(store)
   const viewer = recorder('bob')
@@ -126,7 +128,7 @@ t.test('an unsubscribe while authorization is pending: nothing is watched or sen
       return await store.isGranted(ownerId, viewerId)
     }
   })
-  const hub = new Hub(store, access, quiet)
+  const hub = new Hub(store, access, quiet, HUB_OPTS)
   const viewer = recorder('bob')
   const sub = new Subscription(viewer, 'alice')
   const subscribing = hub.subscribe(sub, undefined, () => viewer.frames.push('subscribed'))
@@ -140,11 +142,11 @@ t.test('an unsubscribe while authorization is pending: nothing is watched or sen
 t.test('resubscribe answers the current state of what is already watched, and is refused once the grant is gone', async (t) => {
   const store = new MemoryStore(100)
   await store.grant('alice', 'bob', 100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const sub = new Subscription(recorder('bob'), 'alice')
   await hub.subscribe(sub, undefined, () => {})
   const [id] = await store.append('alice', [{ bpm: 72, ts: 5 }])
-  t.same(await hub.resubscribe(sub), { current: { bpm: 72, ts: 5 }, lastId: id, truncated: false })
+  t.same(await hub.resubscribe(sub), { current: { bpm: 72, ts: 5 }, lastId: id, truncated: false, state: 'offline', lastTs: 5 })
   await store.revoke('alice', 'bob')
   await t.rejects(hub.resubscribe(new Subscription(recorder('bob'), 'alice')), new ForbiddenError('alice'))
 })
@@ -153,7 +155,7 @@ t.test('re-checking a watcher ends only the subscriptions whose grant is gone', 
   const store = new MemoryStore(100)
   await store.grant('alice', 'bob', 100)
   await store.grant('carol', 'bob', 100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const feed = muteable(store, hub)
   const bob = recorder('bob')
   for (const owner of ['alice', 'carol', 'bob']) await hub.subscribe(new Subscription(bob, owner), undefined, () => {})
@@ -168,7 +170,7 @@ t.test('re-checking a watcher ends only the subscriptions whose grant is gone', 
 t.test('a grant withdrawn while the feed was away ends the subscription when the feed resumes', async (t) => {
   const store = new MemoryStore(100)
   await store.grant('alice', 'bob', 100)
-  const hub = new Hub(store, new Access(store), quiet)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
   const feed = muteable(store, hub)
   const bob = recorder('bob')
   const alice = recorder('alice')

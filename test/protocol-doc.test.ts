@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import {
   CLIENT_FRAME_TYPES, CloseCode, ERROR_CODES,
-  currentFrame, errorFrame, pongFrame, readingFrame, refreshedFrame, revokedFrame, subscribedFrame, unsubscribedFrame
+  currentFrame, errorFrame, pongFrame, readingFrame, refreshedFrame, revokedFrame, statusFrame, subscribedFrame, unsubscribedFrame
 } from '../src/heart/protocol.js'
 import { configSchema } from '../plugins/config.js'
 
@@ -18,8 +18,9 @@ const readme = await readFile(fileURLToPath(new URL('../README.md', import.meta.
 const SERVER_FRAME_TYPES = [
   currentFrame('u1', null),
   pongFrame(),
-  subscribedFrame('u1', null, null, false),
+  subscribedFrame('u1', { current: null, lastId: null, truncated: false, state: 'offline', lastTs: null }),
   readingFrame('u1', { id: '1-0', bpm: 72, ts: 1 }),
+  statusFrame('u1', 'offline', null),
   unsubscribedFrame('u1'),
   refreshedFrame(1),
   revokedFrame('u1'),

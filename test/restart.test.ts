@@ -65,7 +65,7 @@ class Watcher {
         this.ids.push(frame.id)
         if (this.resubscribedAt !== null && frame.ts < this.resubscribedAt) this.caughtUp++
       } else if (frame.type === 'subscribed') this.subscribed++
-      else this.problems.push(`unexpected frame ${String(data)}`)
+      else if (frame.type !== 'status') this.problems.push(`unexpected frame ${String(data)}`)
     })
     // ws follows an error (a refused upgrade included) with 'close'.
     ws.on('error', (err) => { if (!this.stopped) this.problems.push(err.message) })

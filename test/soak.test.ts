@@ -70,6 +70,8 @@ class Client {
       case 'subscribed':
         this.subscribed = true
         return
+      case 'status':
+        return
       case 'current':
         if (this.outstanding?.kind !== 'get' || frame.reqId !== this.outstanding.reqId || frame.userId !== this.userId) {
           this.problems.push(`unexpected current frame ${text}`)

@@ -1,7 +1,8 @@
 import type { Access } from './access.js'
-import { compareIds, type Current } from './reading.js'
-import { readingFrame } from './protocol.js'
-import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading } from './store.js'
+import { presenceAt, type Presence } from './freshness.js'
+import { compareIds } from './reading.js'
+import { readingFrame, statusFrame, type SubscribedState } from './protocol.js'
+import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading, type Snapshot } from './store.js'
 
 /** Where a subscription's frames go: a socket session. */
 export interface Watcher {
@@ -13,12 +14,14 @@ export interface Watcher {
   push (userId: string, frame: Buffer): void
   /** A frame that must not be dropped (replay). */
   send (frame: string): void
+  /**
+   * A frame about `userId` that must be neither dropped nor conflated, and must stay in order
+   * with its readings (`status`): readings still pending for that user go out before it.
+   */
+  notify (userId: string, frame: string): void
 }
 
-interface Held {
-  frame: Buffer
-  id: string | null
-}
+type Held = { frame: Buffer, id: string | null } | { status: Presence, frame: string }
 
 /** One socket watching one user. */
 export class Subscription {
@@ -33,6 +36,8 @@ export class Subscription {
   active = true
   /** The grant was withdrawn while this subscription was being set up: it ends once `subscribed` is sent. */
   revokedEarly = false
+  /** The presence the watcher was last told (by `subscribed` or a status frame); null before `subscribed`. */
+  told: Presence | null = null
 
   constructor (readonly watcher: Watcher, readonly userId: string) {}
 
@@ -54,11 +59,38 @@ export class Subscription {
     this.watcher.push(this.userId, frame)
   }
 
-  /** Sends what was held, minus what the replay already covered, and goes live. */
+  /**
+   * A change of the user's presence. Only a change from what the watcher was last told is sent:
+   * `subscribed` may already report the state an offline timer firing a moment late announces.
+   */
+  offerStatus (state: Presence, frame: string): void {
+    if (!this.active) return
+    if (this.held !== null) {
+      this.held.push({ status: state, frame })
+      return
+    }
+    if (state === this.told) return
+    this.told = state
+    this.watcher.notify(this.userId, frame)
+  }
+
+  /**
+   * `subscribed` reports `state`: it stands for every change so far, so the changes held until
+   * now are not sent after it.
+   */
+  tell (state: Presence): void {
+    this.told = state
+    if (this.held !== null) this.held = this.held.filter((h) => !('status' in h))
+  }
+
+  /** Sends what was held, minus what the replay or `subscribed` already covered, and goes live. */
   goLive (): void {
     const held = this.held ?? []
     this.held = null
-    for (const h of held) this.offer(h.frame, h.id)
+    for (const h of held) {
+      if ('status' in h) this.offerStatus(h.status, h.frame)
+      else this.offer(h.frame, h.id)
+    }
   }
 }
 
@@ -74,13 +106,21 @@ interface Topic {
   /** Readings that arrived while a fill was pending; null when live. */
   buffered: LiveReading[] | null
   filling: boolean
+  /** Newest reading time known here (from readings or a snapshot): what presence is decided from. */
+  lastTs: number | null
+  /** Presence as last announced to the topic's watchers. */
+  presence: Presence
+  /** Fires when `lastTs` may have become too old; one per topic, re-armed lazily when it fires early. */
+  offlineTimer: NodeJS.Timeout | null
 }
 
-export interface SubscribeResult {
-  current: Current | null
-  /** Newest history id when the subscription started: where a client resumes if it gets no reading before it drops. */
-  lastId: string | null
-  truncated: boolean
+/** `subscribed`'s content; `lastId` is where a client resumes if it gets no reading before it drops. */
+export type SubscribeResult = SubscribedState
+
+export interface HubOptions {
+  /** OFFLINE_AFTER_MS: how old the newest reading may be while the user counts as online. */
+  offlineAfterMs: number
+  observer?: HubObserver
 }
 
 export interface HubLog {
@@ -106,12 +146,17 @@ export class Hub implements FeedListener {
   private readonly topics = new Map<string, Topic>()
   private closed = false
 
+  private readonly offlineAfterMs: number
+  private readonly observer: HubObserver | undefined
+
   constructor (
     private readonly store: HeartStore,
     private readonly access: Access,
     private readonly log: HubLog,
-    private readonly observer?: HubObserver
+    opts: HubOptions
   ) {
+    this.offlineAfterMs = opts.offlineAfterMs
+    this.observer = opts.observer
     store.feed.setListener(this)
   }
 
@@ -145,9 +190,11 @@ export class Hub implements FeedListener {
       topic.cursor ??= snap.lastId ?? '0-0'
       // The client has everything up to `since`: nothing at or before it is sent again, replayed or late from pub/sub.
       if (since !== undefined) sub.sentThrough = since
+      // A restarted instance knows the presence at once: from the store's newest reading, not from a fresh timer.
+      this.seen(topic, userId, snap.current?.ts ?? null)
       let page = since === undefined ? null : await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
       if (!sub.active) return
-      onSubscribed({ current: snap.current, lastId: snap.lastId, truncated: page?.truncated ?? false })
+      onSubscribed(this.stateOf(sub, topic, snap, page?.truncated ?? false))
       // Without a replay, `subscribed` stands for everything up to lastId: only later readings follow.
       if (since === undefined) sub.sentThrough = snap.lastId
       while (page !== null && page.readings.length > 0) {
@@ -179,7 +226,59 @@ export class Hub implements FeedListener {
   async resubscribe (sub: Subscription): Promise<SubscribeResult> {
     await this.access.authorize(sub.watcher.userId, sub.userId)
     const snap = await this.store.snapshot(sub.userId)
-    return { current: snap.current, lastId: snap.lastId, truncated: false }
+    const topic = this.topics.get(sub.userId)
+    if (topic === undefined || !sub.active) {
+      // Ended meanwhile (revoked): the answer stands alone, nothing follows it.
+      const lastTs = snap.current?.ts ?? null
+      return { current: snap.current, lastId: snap.lastId, truncated: false, state: presenceAt(lastTs, Date.now(), this.offlineAfterMs), lastTs }
+    }
+    this.seen(topic, sub.userId, snap.current?.ts ?? null)
+    return this.stateOf(sub, topic, snap, false)
+  }
+
+  /** What `subscribed` says, and what the watcher is from then on known to have been told. */
+  private stateOf (sub: Subscription, topic: Topic, snap: Snapshot, truncated: boolean): SubscribeResult {
+    const state = presenceAt(topic.lastTs, Date.now(), this.offlineAfterMs)
+    sub.tell(state)
+    return { current: snap.current, lastId: snap.lastId, truncated, state, lastTs: topic.lastTs }
+  }
+
+  /**
+   * A reading time seen (live, filled, or in a snapshot). A newer one may bring the user online:
+   * watchers hear `status` first, before the reading that did it. Offline comes from the timer.
+   */
+  private seen (topic: Topic, userId: string, ts: number | null): void {
+    if (ts === null || (topic.lastTs !== null && ts <= topic.lastTs)) return
+    topic.lastTs = ts
+    if (presenceAt(ts, Date.now(), this.offlineAfterMs) === 'offline') return
+    this.armOfflineTimer(topic, userId)
+    if (topic.presence === 'online') return
+    topic.presence = 'online'
+    this.announce(topic, userId)
+  }
+
+  private armOfflineTimer (topic: Topic, userId: string): void {
+    if (topic.offlineTimer !== null || topic.lastTs === null) return
+    const delay = Math.max(0, topic.lastTs + this.offlineAfterMs - Date.now())
+    topic.offlineTimer = setTimeout(() => this.expire(topic, userId), delay)
+    topic.offlineTimer.unref()
+  }
+
+  /** The timer fired: offline unless a newer reading moved `lastTs` meanwhile (then it waits for that one). */
+  private expire (topic: Topic, userId: string): void {
+    topic.offlineTimer = null
+    if (this.topics.get(userId) !== topic) return
+    if (presenceAt(topic.lastTs, Date.now(), this.offlineAfterMs) === 'online') {
+      this.armOfflineTimer(topic, userId)
+      return
+    }
+    topic.presence = 'offline'
+    this.announce(topic, userId)
+  }
+
+  private announce (topic: Topic, userId: string): void {
+    const frame = statusFrame(userId, topic.presence, topic.lastTs)
+    for (const sub of topic.subs) sub.offerStatus(topic.presence, frame)
   }
 
   unsubscribe (sub: Subscription): void {
@@ -187,13 +286,24 @@ export class Hub implements FeedListener {
     const topic = this.topics.get(sub.userId)
     if (topic === undefined || !topic.subs.delete(sub) || topic.subs.size > 0) return
     this.topics.delete(sub.userId)
+    if (topic.offlineTimer !== null) clearTimeout(topic.offlineTimer)
     this.store.feed.unwatch(sub.userId).catch((err) => this.log.warn({ err, userId: sub.userId }, 'unwatch failed'))
   }
 
   private acquire (sub: Subscription): Topic {
     let topic = this.topics.get(sub.userId)
     if (topic === undefined) {
-      topic = { subs: new Set(), ready: this.store.feed.watch(sub.userId), lastDelivered: null, cursor: null, buffered: null, filling: false }
+      topic = {
+        subs: new Set(),
+        ready: this.store.feed.watch(sub.userId),
+        lastDelivered: null,
+        cursor: null,
+        buffered: null,
+        filling: false,
+        lastTs: null,
+        presence: 'offline',
+        offlineTimer: null
+      }
       this.topics.set(sub.userId, topic)
     }
     topic.subs.add(sub)
@@ -213,6 +323,7 @@ export class Hub implements FeedListener {
       topic.lastDelivered = r.id
       if (topic.cursor === null || compareIds(r.id, topic.cursor) > 0) topic.cursor = r.id
     }
+    this.seen(topic, userId, r.ts)
     // Encoded once: every local watcher is sent the same bytes.
     const frame = Buffer.from(readingFrame(userId, r))
     for (const sub of topic.subs) sub.offer(frame, r.id)
@@ -300,6 +411,7 @@ export class Hub implements FeedListener {
     this.closed = true
     for (const topic of this.topics.values()) {
       for (const sub of topic.subs) sub.active = false
+      if (topic.offlineTimer !== null) clearTimeout(topic.offlineTimer)
     }
     this.topics.clear()
   }

@@ -2,6 +2,7 @@
  * The wire protocol of /heart/current: frame types, error codes and close codes.
  * docs/protocol.md documents every one of them; test/protocol-doc.test.ts keeps the two in step.
  */
+import type { Presence } from './freshness.js'
 import { isHistoryId, isUserId, type Current, type StoredReading } from './reading.js'
 import type { LiveReading } from './store.js'
 
@@ -119,10 +120,25 @@ export function pongFrame (reqId?: ReqId): string {
   return `{"type":"pong","ts":${Date.now()}${reqIdTail(reqId)}`
 }
 
-export function subscribedFrame (userId: string, current: Current | null, lastId: string | null, truncated: boolean, reqId?: ReqId): string {
-  const cur = current === null ? 'null' : `{"bpm":${current.bpm},"ts":${current.ts === null ? 'null' : current.ts}}`
-  const last = lastId === null ? 'null' : `"${lastId}"`
-  return `{"type":"subscribed","userId":"${userId}","current":${cur},"lastId":${last}${truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
+/** What `subscribed` tells about the user it answers for. */
+export interface SubscribedState {
+  current: Current | null
+  lastId: string | null
+  truncated: boolean
+  state: Presence
+  /** The newest reading's time, the one `state` is decided from; null when never. */
+  lastTs: number | null
+}
+
+export function subscribedFrame (userId: string, s: SubscribedState, reqId?: ReqId): string {
+  const cur = s.current === null ? 'null' : `{"bpm":${s.current.bpm},"ts":${s.current.ts === null ? 'null' : s.current.ts}}`
+  const last = s.lastId === null ? 'null' : `"${s.lastId}"`
+  return `{"type":"subscribed","userId":"${userId}","current":${cur},"lastId":${last},"state":"${s.state}","lastTs":${String(s.lastTs)}${s.truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
+}
+
+/** The user went offline, or is online again (sent just before the reading that makes it so). */
+export function statusFrame (userId: string, state: Presence, lastTs: number | null): string {
+  return `{"type":"status","userId":"${userId}","state":"${state}","lastTs":${String(lastTs)}}`
 }
 
 export function unsubscribedFrame (userId: string, reqId?: ReqId): string {

@@ -237,7 +237,7 @@ export class HeartSession implements Watcher {
     const existing = this.subs.get(userId)
     if (existing !== undefined) {
       const r = await this.deps.hub.resubscribe(existing)
-      this.reply(subscribedFrame(userId, r.current, r.lastId, r.truncated, reqId))
+      this.reply(subscribedFrame(userId, r, reqId))
       return
     }
     if (this.subs.size >= this.deps.limits.maxSubscriptions) {
@@ -247,7 +247,7 @@ export class HeartSession implements Watcher {
     const sub = new Subscription(this, userId)
     this.subs.set(userId, sub)
     try {
-      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r.current, r.lastId, r.truncated, reqId)))
+      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r, reqId)))
     } catch (err) {
       this.deps.hub.unsubscribe(sub)
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
@@ -279,6 +279,16 @@ export class HeartSession implements Watcher {
       this.log.warn({ userId: this.userId, buffered: ws.bufferedAmount }, 'closing a socket that does not read what it is sent')
       ws.close(CloseCode.TRY_AGAIN_LATER, 'too slow: reconnect with since')
     }
+  }
+
+  /** Never conflated: a reading of that user still pending goes first, so the order is kept. */
+  notify (userId: string, frame: string): void {
+    const pending = this.conflated?.get(userId)
+    if (pending !== undefined) {
+      this.conflated?.delete(userId)
+      this.write(pending, 'reading')
+    }
+    this.write(frame, 'status')
   }
 
   /** A live reading: sent now, or, while the socket is slow, kept as the newest one for its user. */
