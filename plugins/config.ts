@@ -3,6 +3,7 @@ import fastifyEnv from '@fastify/env'
 import envSchema from 'env-schema'
 import { isIP } from 'node:net'
 import { Type, type Static } from '@fastify/type-provider-typebox'
+import { JWT_SECRET_MIN } from '../src/dev-secret.js'
 
 /** A comma list: env-schema's `separator` splits the text into an array while validating. */
 function commaList (): ReturnType<typeof Type.Unsafe<string[]>> {
@@ -27,8 +28,9 @@ export const configSchema = Type.Object({
   REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
   // For REDIS_CLUSTER_NODES and REDIS_SENTINELS (REDIS_URL carries its own).
   REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
-  // Unset: a generated development secret, or refused in production (plugins/auth.ts).
-  JWT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  // Unset: a generated development secret, or refused in production (plugins/auth.ts). A short
+  // secret is refused in every NODE_ENV: a staging secret is as guessable as a production one.
+  JWT_SECRET: Type.Optional(Type.String({ minLength: JWT_SECRET_MIN })),
   HEART_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', maxLength: 64, default: 'heart:' }),
   MAX_PAYLOAD_BYTES: Type.Integer({ minimum: 64, maximum: 1048576, default: 4096 }),
   PING_INTERVAL_MS: Type.Integer({ minimum: 50, maximum: 3600000, default: 25000 }),
@@ -45,6 +47,10 @@ export const configSchema = Type.Object({
   // Identity and access
   JWT_PUBLIC_KEY: Type.Optional(Type.String({ minLength: 1 })),
   TOKEN_TTL_S: Type.Integer({ minimum: 60, maximum: 2592000, default: 7200 }),
+  // When set, minted tokens carry them and every token must match (plugins/auth.ts).
+  JWT_ISSUER: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  JWT_CLOCK_TOLERANCE_S: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
   WECHAT_APPID: Type.Optional(Type.String({ minLength: 1 })),
   WECHAT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   WECHAT_API_BASE: Type.String({ pattern: '^https?://[^\\s]+$', default: 'https://api.weixin.qq.com' }),

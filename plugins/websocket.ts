@@ -1,15 +1,31 @@
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
+import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import { CloseCode } from '../src/heart/protocol.js'
+import { sendError } from '../src/http-errors.js'
 
 /** How long sockets get to answer the 1001 close handshake at shutdown before they are cut. */
 const CLOSE_HANDSHAKE_MS = 1000
 
 /**
+ * An upgrade request to a route that is not a WebSocket. @fastify/websocket would run the route's
+ * hooks and then upgrade anyway, only to close the socket after logging the raw URL, with any
+ * `?access_token=` in it: it is refused first.
+ */
+async function refuseUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  if (request.ws) await sendError(reply, 400, 'this route does not accept WebSocket upgrades')
+}
+
+function hookList (hooks: onRequestHookHandler | onRequestHookHandler[] | undefined): onRequestHookHandler[] {
+  return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]
+}
+
+/**
  * WebSocket support for every route: the frame size limit (ws closes with 1009 past it),
  * protocol-level pings every PING_INTERVAL_MS (below nginx's proxy_read_timeout) that terminate
- * peers which missed the previous one, and close code 1001 for every socket at shutdown.
+ * peers which missed the previous one, close code 1001 for every socket at shutdown, and 400 for
+ * an upgrade to any other route.
  */
 export default fp(async function websocket (fastify) {
   const { MAX_PAYLOAD_BYTES, PING_INTERVAL_MS } = fastify.config
@@ -43,6 +59,13 @@ export default fp(async function websocket (fastify) {
         client.close(CloseCode.GOING_AWAY, 'server shutting down')
       }
     }
+  })
+
+  // Routes are registered after this plugin, so every one of them passes here. First among the
+  // route's own hooks: no authentication or rate limit runs for an upgrade that cannot succeed.
+  fastify.addHook('onRoute', (route) => {
+    if (route.websocket === true || route.wsHandler !== undefined) return
+    route.onRequest = [refuseUpgrade as onRequestHookHandler, ...hookList(route.onRequest)]
   })
 
   fastify.metrics.gauge('heart_connections_open', 'Open WebSocket connections', () => fastify.websocketServer.clients.size)

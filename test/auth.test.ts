@@ -231,3 +231,94 @@ t.test('a token in the URL of an unknown route is redacted from the 404 and the 
   }
   t.notOk(logs.some((l) => l.includes(secret)), 'not in any log line')
 })
+
+t.test('HTTP routes take the token from the Authorization header only, never from ?access_token=', async (t) => {
+  const logs: string[] = []
+  const app = await build(t, {}, { logs })
+  const tok = token('u1')
+  for (const url of ['/heart/u1/readings', '/shares', '/shares/watching']) {
+    const viaQuery = await app.inject({ url: `${url}?access_token=${tok}` })
+    t.equal(viaQuery.statusCode, 401, `${url}?access_token= is refused`)
+    t.match(viaQuery.json(), { statusCode: 401, message: /Authorization: Bearer.*WebSocket only/ })
+    t.equal(viaQuery.headers['www-authenticate'], 'Bearer')
+    const viaHeader = await app.inject({ url, headers: { authorization: `Bearer ${tok}` } })
+    t.equal(viaHeader.statusCode, 200, `${url} with the header is served`)
+  }
+  const put = await app.inject({ method: 'PUT', url: `/shares/u2?access_token=${tok}` })
+  t.equal(put.statusCode, 401, 'nor does a write')
+  t.notOk(logs.some((l) => l.includes(tok)), 'the token is in no log line')
+})
+
+t.test('an upgrade request to a route that is not a WebSocket is refused with 400, and its URL token is never logged', async (t) => {
+  const logs: string[] = []
+  const app = await build(t, {}, { logs })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as { port: number }
+  const tok = token('u1')
+  for (const path of ['/heart/u1/readings', '/shares', '/health']) {
+    await t.rejects(app.injectWS(`${path}?access_token=${tok}`), { message: 'Unexpected server response: 400' }, `${path} (inject)`)
+    // Over real TCP too: this is where @fastify/websocket would upgrade, then log the raw URL while closing.
+    const status = await new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}${path}?access_token=${tok}`, { headers: { authorization: `Bearer ${tok}` } })
+      ws.once('open', () => { ws.terminate(); resolve(101) })
+      ws.once('unexpected-response', (req, res) => { req.destroy(); resolve(res.statusCode ?? 0) })
+      ws.once('error', reject)
+    })
+    t.equal(status, 400, `${path} (TCP)`)
+  }
+  const frames = new Frames(await app.injectWS(`${PATH}?access_token=${tok}`))
+  t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'the WebSocket route still upgrades')
+  frames.ws.terminate()
+  t.ok(logs.some((l) => l.includes('/heart/u1/readings?access_token=[redacted]')), 'the refused request is logged, redacted')
+  t.notOk(logs.some((l) => l.includes(tok)), 'no log line holds the token')
+  t.notOk(logs.some((l) => l.includes(tok.split('.')[2])), 'nor its signature')
+})
+
+const ISSUER = 'https://login.example'
+const AUDIENCE = 'heart-app'
+
+t.test('with JWT_ISSUER and JWT_AUDIENCE (HS256) every token must carry both, on the socket, in refresh and over HTTP', async (t) => {
+  const app = await build(t, { JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE, ENABLE_DEV_LOGIN: 'true' })
+  const claims = { iss: ISSUER, aud: AUDIENCE }
+  const refusedTokens: Array<[string, string, RegExp]> = [
+    ['neither', token('u1'), /invalid token: (issuer|audience)/],
+    ['no aud', token('u1', { claims: { iss: ISSUER } }), /invalid token: audience/],
+    ['no iss', token('u1', { claims: { aud: AUDIENCE } }), /invalid token: issuer/],
+    ['another issuer', token('u1', { claims: { ...claims, iss: 'https://other.example' } }), /invalid token: issuer/],
+    ['another audience', token('u1', { claims: { ...claims, aud: 'other-app' } }), /invalid token: audience/],
+    ['an audience list without ours', token('u1', { claims: { ...claims, aud: ['a', 'b'] } }), /invalid token: audience/]
+  ]
+  for (const [what, jwt, message] of refusedTokens) {
+    await t.test(`a token with ${what} is refused`, async (t) => {
+      await assertRefused(t, app, { headers: { authorization: `Bearer ${jwt}` }, message })
+      const res = await app.inject({ url: '/heart/u1/readings', headers: { authorization: `Bearer ${jwt}` } })
+      t.equal(res.statusCode, 401, 'history too')
+    })
+  }
+  await assertAccepted(t, app, PATH, { authorization: `Bearer ${token('u1', { claims })}` })
+  await assertAccepted(t, app, PATH, { authorization: `Bearer ${token('u1', { claims: { ...claims, aud: ['other-app', AUDIENCE] } })}` })
+
+  const login = await app.inject({ method: 'POST', url: '/auth/dev', payload: { userId: 'u1' } })
+  t.equal(login.statusCode, 200)
+  const minted = login.json().token as string
+  t.match(JSON.parse(Buffer.from(minted.split('.')[1], 'base64url').toString()), { sub: 'u1', ...claims }, 'tokens minted here carry iss and aud')
+  const frames = new Frames(await app.injectWS(PATH, { headers: { authorization: `Bearer ${minted}` } }))
+  t.teardown(() => frames.ws.terminate())
+  t.match(await frames.ask({ type: 'refresh', token: token('u1'), reqId: 'r' }), { type: 'error', code: 'unauthorized', message: /issuer|audience/, reqId: 'r' },
+    'refresh refuses a token without them')
+  t.match(await frames.ask({ type: 'refresh', token: minted, reqId: 'r2' }), { type: 'refreshed', reqId: 'r2' })
+})
+
+t.test('exp and nbf allow JWT_CLOCK_TOLERANCE_S (default 5 s) of difference between clocks', async (t) => {
+  const app = await build(t)
+  const strict = await build(t, { JWT_CLOCK_TOLERANCE_S: '0' })
+  const expiredJustNow = signRaw({ sub: 'u1', exp: nowS() - 2 })
+  const notYet = signRaw({ sub: 'u1', nbf: nowS() + 3, exp: nowS() + 3600 })
+  // Accepted, and the socket is not closed at once for an expiry it was allowed past.
+  await assertAccepted(t, app, PATH, { authorization: `Bearer ${expiredJustNow}` })
+  await assertAccepted(t, app, PATH, { authorization: `Bearer ${notYet}` })
+  await assertRefused(t, strict, { headers: { authorization: `Bearer ${expiredJustNow}` }, message: /expired/ })
+  await assertRefused(t, strict, { headers: { authorization: `Bearer ${notYet}` }, message: /not valid yet/ })
+  await assertRefused(t, app, { headers: { authorization: `Bearer ${signRaw({ sub: 'u1', exp: nowS() - 10 })}` }, message: /expired/ })
+  await assertRefused(t, app, { headers: { authorization: `Bearer ${signRaw({ sub: 'u1', nbf: nowS() + 30, exp: nowS() + 3600 })}` }, message: /not valid yet/ })
+})

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { WebSocket } from 'ws'
 import { HeartModel } from '../src/cli/heart-model.js'
-import { Frames, ROOT, TEST_SECRET, eventually, freePort, startServer, token, type ServerProcess } from './helper.js'
+import { Frames, ROOT, TEST_SECRET, build, eventually, freePort, startServer, token, type ServerProcess } from './helper.js'
 
 const KEY = 'cli-test-key'
 const SERVER_ENV = { INGEST_API_KEYS: KEY }
@@ -126,7 +126,7 @@ async function ingest (url: string, userId: string, bpm: number): Promise<string
   return ((await res.json()) as { ids: string[] }).ids[0]
 }
 
-function payload (jwt: string): { sub: string, exp: number, iat: number } {
+function payload (jwt: string): { sub: string, exp: number, iat: number, iss?: string, aud?: string } {
   return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString())
 }
 
@@ -137,6 +137,16 @@ async function portClosed (port: number): Promise<boolean> {
     socket.once('error', () => resolve(true))
   })
 }
+
+t.test('token carries JWT_ISSUER and JWT_AUDIENCE when they are set, as a server with them requires', async (t) => {
+  const env = { JWT_ISSUER: 'https://login.example', JWT_AUDIENCE: 'heart-app' }
+  const { code, stdout } = await run(t, ['token', 'u1'], env)
+  t.equal(code, 0)
+  const jwt = stdout.trim()
+  t.match(payload(jwt), { sub: 'u1', iss: env.JWT_ISSUER, aud: env.JWT_AUDIENCE })
+  const app = await build(t, env)
+  t.equal(app.tokens.verify(jwt).userId, 'u1', 'such a server accepts it')
+})
 
 t.test('against a running server', async (t) => {
   // Each subtest waits mostly on its CLI process starting: run a few at once.

@@ -43,25 +43,28 @@ async function closedWithin (frames: Frames, ms: number): Promise<{ code: number
 }
 
 const nowS = (): number => Math.floor(Date.now() / 1000)
+/** The refresh tests time the old token's expiry: exp itself, with no clock tolerance on top. */
+const NO_TOLERANCE = { JWT_CLOCK_TOLERANCE_S: '0' }
 
 t.test('token lifetime on an open socket', async (t) => {
-  t.test('a socket is closed with 4001 "token expired" when its token reaches exp', async (t) => {
-    const app = await build(t)
+  t.test('a socket is closed with 4001 "token expired" when its token reaches exp plus JWT_CLOCK_TOLERANCE_S', async (t) => {
+    const app = await build(t, { JWT_CLOCK_TOLERANCE_S: '1' })
     const jwt = token('u1', { ttlS: 2 })
     const frames = await connect(t, app, jwt)
     let reason = ''
     frames.ws.once('close', (_code, why) => { reason = String(why) })
     t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'open and answering before exp')
-    const expMs = expOf(jwt) * 1000
-    const { code, at } = await closedWithin(frames, expMs - Date.now() + 1500)
+    // Accepted until then: the upgrade would accept the same token until that moment too.
+    const endMs = expOf(jwt) * 1000 + 1000
+    const { code, at } = await closedWithin(frames, endMs - Date.now() + 1500)
     t.equal(code, 4001)
     t.equal(reason, 'token expired')
-    t.ok(at >= expMs - 50, `not before exp (closed ${at - expMs} ms from exp)`)
-    t.ok(at <= expMs + 1000, `soon after exp (closed ${at - expMs} ms from exp)`)
+    t.ok(at >= endMs - 50, `not before exp + 1 s (closed ${at - endMs} ms from it)`)
+    t.ok(at <= endMs + 1000, `soon after exp + 1 s (closed ${at - endMs} ms from it)`)
   })
 
   t.test('refresh with a new token for the same user answers refreshed with its exp and the socket outlives the old expiry', async (t) => {
-    const app = await build(t)
+    const app = await build(t, NO_TOLERANCE)
     const old = token('u1', { ttlS: 2 })
     const frames = await connect(t, app, old)
     const fresh = token('u1', { ttlS: 60 })
@@ -72,7 +75,7 @@ t.test('token lifetime on an open socket', async (t) => {
   })
 
   t.test('refresh with a token for another user answers unauthorized and the old expiry still closes the socket with 4001', async (t) => {
-    const app = await build(t)
+    const app = await build(t, NO_TOLERANCE)
     const old = token('u1', { ttlS: 2 })
     const frames = await connect(t, app, old)
     t.match(await frames.ask({ type: 'refresh', token: token('u2', { ttlS: 60 }), reqId: 'r1' }),
@@ -83,7 +86,7 @@ t.test('token lifetime on an open socket', async (t) => {
   })
 
   t.test('refresh with a token signed with another secret answers unauthorized and the old expiry stands', async (t) => {
-    const app = await build(t)
+    const app = await build(t, NO_TOLERANCE)
     const old = token('u1', { ttlS: 2 })
     const frames = await connect(t, app, old)
     const forged = token('u1', { ttlS: 60, secret: 'another-secret-of-at-least-32-characters!' })
@@ -110,7 +113,8 @@ t.test('token lifetime on an open socket', async (t) => {
 
   t.test('a socket opened with an already expired token is refused at the upgrade with 401', async (t) => {
     const app = await build(t)
-    const expired = createSigner({ key: TEST_SECRET, algorithm: 'HS256' })({ sub: 'u1', iat: nowS() - 120, exp: nowS() - 1 })
+    // Past the default clock tolerance (5 s).
+    const expired = createSigner({ key: TEST_SECRET, algorithm: 'HS256' })({ sub: 'u1', iat: nowS() - 120, exp: nowS() - 10 })
     await t.rejects(app.injectWS(PATH, { headers: { authorization: `Bearer ${expired}` } }), { message: 'Unexpected server response: 401' })
   })
 })

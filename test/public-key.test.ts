@@ -126,3 +126,17 @@ t.test('production starts without JWT_SECRET when JWT_PUBLIC_KEY is set', async 
   t.equal(app.config.JWT_SECRET, undefined)
   await assertSocketOpens(t, app, signed(rsa.privateKey, 'RS256'))
 })
+
+t.test('with JWT_ISSUER and JWT_AUDIENCE, public-key mode accepts only tokens that carry both', async (t) => {
+  const iss = 'https://accounts.example'
+  const aud = 'heart-gateway'
+  const app = await build(t, { JWT_PUBLIC_KEY: rsa.publicKey, JWT_ISSUER: iss, JWT_AUDIENCE: aud })
+  const mint = (claims: Record<string, unknown>): string => createSigner({ key: rsa.privateKey, algorithm: 'RS256', expiresIn: 600_000 })({ sub: 'u1', ...claims })
+  await assertSocketOpens(t, app, mint({ iss, aud }))
+  const res = await app.inject({ method: 'GET', url: '/heart/u1/readings', headers: bearer(mint({ iss, aud })) })
+  t.equal(res.statusCode, 200, 'history with both')
+  // The same key minting for another service: its tokens are not ours to accept.
+  for (const claims of [{}, { iss }, { aud }, { iss: 'https://other.example', aud }, { iss, aud: 'another-service' }]) {
+    await t.test(`refused with ${JSON.stringify(claims)}`, async (t) => assertRefused(t, app, mint(claims)))
+  }
+})

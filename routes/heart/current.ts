@@ -41,7 +41,7 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
       return sendError(reply, 403, 'origin not allowed')
     }
   })
-  fastify.addHook('preValidation', fastify.authenticate)
+  fastify.addHook('preValidation', fastify.authenticateSocket)
   /** Takes one of the user's places; the returned function gives it back, once. */
   function reserve (userId: string): () => void {
     sockets.set(userId, (sockets.get(userId) ?? 0) + 1)
@@ -71,10 +71,10 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
     websocket: true,
     config: { rateLimit: { max: config.UPGRADE_RATE_LIMIT, timeWindow: '1 minute' } }
   }, (socket, request) => {
-    const { userId, exp } = request.principal!
+    const { userId, validUntilMs } = request.principal!
     const log = request.log
     const release = releases.get(request.raw)!
-    const session = new HeartSession(socket, userId, exp, deps, log)
+    const session = new HeartSession(socket, userId, validUntilMs, deps, log)
     socket.on('message', (data, isBinary) => session.onMessage(data as Buffer, isBinary))
     socket.on('close', (code) => {
       session.onClose()

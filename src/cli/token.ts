@@ -22,9 +22,20 @@ export async function jwtSecret (): Promise<string> {
   }
 }
 
-/** An HS256 token as the server mints it: `sub` is the user, `exp` is `ttlS` from now. */
+/**
+ * An HS256 token as the server mints it: `sub` is the user, `exp` is `ttlS` from now, and `iss` /
+ * `aud` are JWT_ISSUER / JWT_AUDIENCE when those are set (a server with them refuses tokens without).
+ */
 export function signToken (secret: string, userId: string, ttlS = DEFAULT_TTL_S): string {
-  return createSigner({ key: secret, algorithm: 'HS256', expiresIn: ttlS * 1000 })({ sub: userId })
+  const iss = process.env.JWT_ISSUER
+  const aud = process.env.JWT_AUDIENCE
+  return createSigner({
+    key: secret,
+    algorithm: 'HS256',
+    expiresIn: ttlS * 1000,
+    ...(iss !== undefined && iss !== '' ? { iss } : {}),
+    ...(aud !== undefined && aud !== '' ? { aud } : {})
+  })({ sub: userId })
 }
 
 export async function mintToken (userId: string, ttlS = DEFAULT_TTL_S): Promise<string> {

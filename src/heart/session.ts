@@ -26,8 +26,8 @@ export interface SessionDeps {
   limits: SessionLimits
   /** Who may read whom, for `get` and the legacy frame (the hub asks it for subscriptions). */
   access: Access
-  /** Verifies a token sent in a `refresh` frame; throws with a message safe to show. */
-  verifyToken (token: string): { userId: string, exp: number }
+  /** Verifies a token sent in a `refresh` frame; throws with a message safe to show. `validUntilMs`: exp plus the clock tolerance. */
+  verifyToken (token: string): { userId: string, exp: number, validUntilMs: number }
   metrics: Metrics
 }
 
@@ -52,7 +52,7 @@ export class HeartSession implements Watcher {
   private conflated: Map<string, Buffer> | null = null
   private drainTimer: NodeJS.Timeout | null = null
   private expiryTimer: NodeJS.Timeout | null = null
-  private exp = 0
+  private validUntilMs = 0
   /** Token bucket of the frame rate limit. */
   private allowance: number
   private refilledAt = Date.now()
@@ -62,25 +62,28 @@ export class HeartSession implements Watcher {
   constructor (
     private readonly ws: WebSocket,
     readonly userId: string,
-    exp: number,
+    validUntilMs: number,
     private readonly deps: SessionDeps,
     private readonly log: FastifyBaseLogger
   ) {
     this.allowance = deps.limits.messageRate
-    this.setExpiry(exp)
+    this.setExpiry(validUntilMs)
   }
 
-  /** Closes the socket with 4001 when the token expires; a refresh moves the moment. */
-  private setExpiry (exp: number): void {
-    this.exp = exp
+  /**
+   * Closes the socket with 4001 when the token stops being accepted (its exp, plus the clock
+   * tolerance the upgrade allowed it); a refresh moves the moment.
+   */
+  private setExpiry (validUntilMs: number): void {
+    this.validUntilMs = validUntilMs
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
-    const ms = exp * 1000 - Date.now()
+    const ms = validUntilMs - Date.now()
     if (ms <= 0) {
       this.expiryTimer = null
       this.ws.close(CloseCode.TOKEN_EXPIRED, 'token expired')
       return
     }
-    this.expiryTimer = setTimeout(() => this.setExpiry(this.exp), Math.min(ms, MAX_TIMER_MS))
+    this.expiryTimer = setTimeout(() => this.setExpiry(this.validUntilMs), Math.min(ms, MAX_TIMER_MS))
   }
 
   /** Spends one frame of the rate limit; past it, answers rate_limited, and closes with 1008 when the flood goes on. */
@@ -215,7 +218,7 @@ export class HeartSession implements Watcher {
           throw new FrameError('unauthorized', `refresh refused: ${(err as Error).message}`, reqId)
         }
         if (principal.userId !== this.userId) throw new FrameError('unauthorized', 'refresh refused: the token is for another user', reqId)
-        this.setExpiry(principal.exp)
+        this.setExpiry(principal.validUntilMs)
         this.reply(refreshedFrame(principal.exp, reqId))
         return
       }
