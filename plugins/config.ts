@@ -4,6 +4,7 @@ import envSchema from 'env-schema'
 import { isIP } from 'node:net'
 import { Type, type Static } from '@fastify/type-provider-typebox'
 import { JWT_SECRET_MIN } from '../src/dev-secret.js'
+import { parseTemplateFields } from '../src/notify/template.js'
 
 /** A comma list: env-schema's `separator` splits the text into an array while validating. */
 function commaList (): ReturnType<typeof Type.Unsafe<string[]>> {
@@ -55,6 +56,12 @@ export const configSchema = Type.Object({
   WECHAT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   WECHAT_API_BASE: Type.String({ pattern: '^https?://[^\\s]+$', default: 'https://api.weixin.qq.com' }),
   WECHAT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60000, default: 5000 }),
+  // Alert messages (src/notify/): off unless WECHAT_APPID, WECHAT_SECRET and the template are set.
+  WECHAT_ALERT_TEMPLATE_ID: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  WECHAT_ALERT_PAGE: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+  // A JSON object: template key → text with {owner}, {kind}, {bpm}, {time} (src/notify/template.ts).
+  WECHAT_ALERT_FIELDS: Type.Optional(Type.String({ minLength: 2 })),
+  WECHAT_MINIPROGRAM_STATE: Type.Enum(['formal', 'trial', 'developer'], { default: 'formal' }),
   LOGIN_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 100000, default: 10 }),
   ENABLE_DEV_LOGIN: Type.Boolean({ default: false }),
   // No default: unset means on outside production (routes/demo.ts).
@@ -138,11 +145,20 @@ function envOptions (env: Env): { schema: typeof configSchema, data: Env, env: f
   return { schema: structuredClone(configSchema), data: env, env: false }
 }
 
+/** The alert template needs its fields, and they must parse. */
+function checkAlertTemplate (cfg: Config): void {
+  if (cfg.WECHAT_ALERT_FIELDS !== undefined) parseTemplateFields(cfg.WECHAT_ALERT_FIELDS)
+  if (cfg.WECHAT_ALERT_TEMPLATE_ID !== undefined && cfg.WECHAT_ALERT_FIELDS === undefined) {
+    throw new Error('env/WECHAT_ALERT_FIELDS must map the keys of WECHAT_ALERT_TEMPLATE_ID to {owner}, {kind}, {bpm} or {time}')
+  }
+}
+
 /** What a JSON schema cannot say. */
 function checkSettings (config: Config): Config {
   checkTrustProxy(config.TRUST_PROXY)
   checkRedisChoice(config)
   checkWeChatApiBase(config.WECHAT_API_BASE)
+  checkAlertTemplate(config)
   return config
 }
 

@@ -11,12 +11,14 @@ import devicesPlugin from '../plugins/devices.js'
 import rateLimit from '../plugins/rate-limit.js'
 import websocket from '../plugins/websocket.js'
 import apiDocs from '../plugins/api-docs.js'
+import notify from '../plugins/notify.js'
 import health from '../routes/health.js'
 import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
 import shares from '../routes/shares.js'
 import devices from '../routes/devices.js'
+import me from '../routes/me.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import root from '../routes/root.js'
@@ -48,6 +50,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(access)
   await fastify.register(devicesPlugin)
   await fastify.register(hub)
+  await fastify.register(notify)
   await fastify.register(rateLimit)
   await fastify.register(websocket)
   await fastify.register(apiDocs)
@@ -75,6 +78,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(heartReadings)
   await fastify.register(shares)
   await fastify.register(devices)
+  await fastify.register(me)
   await fastify.register(demo)
   // Last: it links to the pages registered before it.
   await fastify.register(root)

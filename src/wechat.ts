@@ -39,7 +39,7 @@ export class WeChatError extends Error {
 }
 
 /** WeChat's answers are a few hundred bytes; anything far larger is not one. */
-const MAX_ANSWER_BYTES = 16 * 1024
+export const MAX_ANSWER_BYTES = 16 * 1024
 
 const unavailable = (detail: WeChatError['detail']): WeChatError =>
   new WeChatError(502, 'wechat_unavailable', 'WeChat login is unavailable right now, try again shortly', detail)
@@ -60,7 +60,7 @@ function errorFor (errcode: number): WeChatError {
 }
 
 /** The body as text, or null when it exceeds `max` bytes. */
-async function readText (res: Response, max: number): Promise<string | null> {
+export async function readText (res: Response, max: number): Promise<string | null> {
   if (res.body === null) return ''
   const chunks: Uint8Array[] = []
   let size = 0
@@ -72,7 +72,8 @@ async function readText (res: Response, max: number): Promise<string | null> {
   return Buffer.concat(chunks).toString('utf8')
 }
 
-function failureReason (err: unknown): string {
+/** Why a request got no answer, for the log: `timeout`, a socket error code, or the error's name. */
+export function failureReason (err: unknown): string {
   const e = err as { name?: string, cause?: { code?: unknown } }
   if (e.name === 'TimeoutError') return 'timeout'
   return typeof e.cause?.code === 'string' ? e.cause.code : (e.name ?? 'error')

@@ -41,6 +41,10 @@ const DEFAULTS: Record<string, unknown> = {
   WECHAT_SECRET: undefined,
   WECHAT_API_BASE: 'https://api.weixin.qq.com',
   WECHAT_TIMEOUT_MS: 5000,
+  WECHAT_ALERT_TEMPLATE_ID: undefined,
+  WECHAT_ALERT_PAGE: undefined,
+  WECHAT_ALERT_FIELDS: undefined,
+  WECHAT_MINIPROGRAM_STATE: 'formal',
   LOGIN_RATE_LIMIT: 10,
   ENABLE_DEV_LOGIN: false,
   ENABLE_DEMO: undefined,
@@ -136,7 +140,11 @@ const BAD_VALUES: Array<[string, string]> = [
   ['WECHAT_API_BASE', 'http://10.0.0.1:8080'],
   ['WECHAT_API_BASE', 'ftp://api.weixin.qq.com'],
   ['OFFLINE_AFTER_MS', '999'],
-  ['OFFLINE_AFTER_MS', 'soon']
+  ['OFFLINE_AFTER_MS', 'soon'],
+  ['WECHAT_MINIPROGRAM_STATE', 'beta'],
+  ['WECHAT_ALERT_FIELDS', 'thing1'],
+  ['WECHAT_ALERT_FIELDS', '{"thing1":"{nickname}"}'],
+  ['WECHAT_ALERT_TEMPLATE_ID', 'tpl-without-fields']
 ]
 
 for (const [name, value] of BAD_VALUES) {
