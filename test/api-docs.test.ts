@@ -7,7 +7,7 @@ t.test('OpenAPI is generated from the route schemas and served at /docs outside 
   t.equal(res.statusCode, 200)
   const spec = res.json()
   t.match(spec, { openapi: /^3\./, info: { title: 'heart-gateway' } })
-  for (const path of ['/health', '/heart/{userId}/readings', '/shares/{viewerId}', '/shares', '/shares/watching', '/auth/wechat']) {
+  for (const path of ['/health', '/heart/{userId}/readings', '/shares/{viewerId}', '/shares', '/shares/watching', '/auth/wechat', '/devices', '/devices/{deviceId}']) {
     t.ok(spec.paths[path], `${path} is documented`)
   }
   const ingest = spec.paths['/heart/{userId}/readings'].post

@@ -3,7 +3,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Cluster } from 'ioredis'
 import type { Env } from '../plugins/config.js'
-import { bearer, build, buildWithRedis, sharedRedis, startServer, token, uniquePrefix, type ServerProcess } from './helper.js'
+import { RedisServer, bearer, build, buildWithRedis, eventually, sharedRedis, startServer, token, uniquePrefix, type ServerProcess } from './helper.js'
 import { RedisCluster } from './redis-cluster.js'
 
 const SERVICE_KEY = 'service-key'
@@ -217,6 +217,24 @@ t.test('on Redis the device lives on its owner\'s keys as documented, with only 
   }
   t.equal(await remove(app, 'max', d.deviceId), 204)
   t.same(await probe.keys(`{${prefix}max}:devices*`), [], 'deleting the last device leaves no device keys behind')
+})
+
+t.test('while Redis is down a device key answers 503, not 401: the device retries instead of giving up its key', async (t) => {
+  const server = await RedisServer.start()
+  t.teardown(() => server.stop())
+  const app = await build(t, { ...ENV, REDIS_URL: server.url, HEART_KEY_PREFIX: uniquePrefix() })
+  const d = await create(app, 'pat')
+  await server.stop()
+  t.equal(await ingest(app, 'pat', d.key), 503)
+  t.equal(await ingest(app, 'pat', 'hgd.pat.AAAAAAAAAAAAAAAA.' + 'A'.repeat(43)), 503, 'an unknown key cannot be told from a real one either')
+  t.equal(await ingest(app, 'pat', 'not a device key'), 401, 'what is no device key needs no store')
+  t.equal((await app.inject({ method: 'POST', url: '/devices', headers: bearer('pat'), payload: { name: 'x' } })).statusCode, 503)
+  t.equal((await app.inject({ url: '/devices', headers: bearer('pat') })).statusCode, 503)
+  // The test's Redis keeps nothing on disk: back up, it is empty, so a new device proves recovery.
+  await server.start()
+  t.ok(await eventually(async () => (await app.inject('/health')).statusCode === 200, 15000, 100), 'Redis is back')
+  const fresh = await create(app, 'pat')
+  t.equal(await ingest(app, 'pat', fresh.key), 202, 'devices work again')
 })
 
 /** POSTs one reading to a server process with the key given; the status. */
