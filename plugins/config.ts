@@ -67,6 +67,8 @@ export const configSchema = Type.Object({
   // No default: unset means on outside production (routes/demo.ts).
   ENABLE_DEMO: Type.Optional(Type.Boolean()),
   MAX_CONNECTIONS_PER_USER: Type.Integer({ minimum: 1, maximum: 1000000, default: 5 }),
+  // Open sockets on one instance; no default: unset means no limit (routes/heart/current.ts).
+  MAX_CONNECTIONS: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000000 })),
   ALLOWED_ORIGINS: commaList(),
   // Flood control
   MESSAGE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 20 }),

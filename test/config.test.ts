@@ -51,6 +51,7 @@ const DEFAULTS: Record<string, unknown> = {
   ENABLE_API_DOCS: undefined,
   METRICS_TOKEN: undefined,
   MAX_CONNECTIONS_PER_USER: 5,
+  MAX_CONNECTIONS: undefined,
   ALLOWED_ORIGINS: [],
   MESSAGE_RATE_LIMIT: 20,
   UPGRADE_RATE_LIMIT: 60
@@ -133,6 +134,8 @@ const BAD_VALUES: Array<[string, string]> = [
   ['HISTORY_MAX', '0'],
   ['MAX_SUBSCRIPTIONS_PER_CONNECTION', '0'],
   ['MAX_BUFFERED_BYTES', '10'],
+  ['MAX_CONNECTIONS', '0'],
+  ['MAX_CONNECTIONS', 'many'],
   ['LEGACY_KEYSPACE_EVENTS', 'maybe'],
   ['WECHAT_API_BASE', 'http://api.weixin.qq.com'],
   ['WECHAT_API_BASE', 'http://localhost.example.com'],

@@ -306,6 +306,10 @@ export interface WsOptions extends FramesOptions {
   headers?: Record<string, string>
   query?: string
   tls?: tls.ConnectionOptions
+  /** The loopback address to connect from (127.0.0.2 is another client than 127.0.0.1). */
+  localAddress?: string
+  /** Default 5 s; a storm of thousands of handshakes on a busy machine needs longer. */
+  handshakeTimeoutMs?: number
 }
 
 const HANDSHAKE_TIMEOUT_MS = 5000
@@ -315,7 +319,7 @@ const HANDSHAKE_TIMEOUT_MS = 5000
  * answers the handshake with an HTTP status instead. The socket is terminated when `tt` ends.
  */
 export async function openWebSocket (tt: { teardown: (fn: () => void) => void }, url: string, opts: WsOptions = {}): Promise<Frames> {
-  const ws = new WebSocket(url + (opts.query ?? ''), { headers: opts.headers, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ...opts.tls })
+  const ws = new WebSocket(url + (opts.query ?? ''), { headers: opts.headers, handshakeTimeout: opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS, localAddress: opts.localAddress, ...opts.tls })
   tt.teardown(() => ws.terminate())
   const frames = new Frames(ws, opts)
   await new Promise<void>((resolve, reject) => {

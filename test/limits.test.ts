@@ -8,8 +8,8 @@ import { Frames, TEST_SECRET, bearer, build, buildWithRedis, eventually, sleep, 
 
 /*
  * What limits a socket on /heart/current: its token's lifetime (close 4001, `refresh`), sockets
- * per user (429), allowed origins (403), frames per second (rate_limited, then 1008) and upgrades
- * per client (429). None of these involve the store, so they run on the embedded one, except the
+ * per user (429) and per instance (503), allowed origins (403), frames per second (rate_limited,
+ * then 1008), refused upgrades per client (429) and plain GETs (426). None of these involve the store, so they run on the embedded one, except the
  * test showing that the per-user socket count is per instance.
  */
 
@@ -125,6 +125,7 @@ t.test('MAX_CONNECTIONS_PER_USER counts open sockets per user on this instance',
     const first = await connect(t, app, token('u1'))
     await connect(t, app, token('u1'))
     await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
+    // A plain GET answers what the upgrade would get.
     const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })
     t.equal(res.statusCode, 429)
     t.same(res.json(), { statusCode: 429, error: 'Too Many Requests', message: 'at most 2 open sockets per user' })
@@ -265,26 +266,80 @@ t.test('MESSAGE_RATE_LIMIT', async (t) => {
   })
 })
 
-t.test('UPGRADE_RATE_LIMIT', async (t) => {
+t.test('UPGRADE_RATE_LIMIT counts refused upgrades only', async (t) => {
   // injectWS requests have no socket address, so every injected upgrade counts as one client ('unknown').
-  t.test('the 4th upgrade within a minute from the same client gets 429 before the upgrade; /health is not limited', async (t) => {
+  t.test('successful upgrades never count: 10 sockets from one client with the limit at 3', async (t) => {
     const app = await build(t, { UPGRADE_RATE_LIMIT: '3' })
-    for (let i = 0; i < 3; i++) await connect(t, app, token('u1'))
-    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
-    // app.inject requests come from 127.0.0.1, another client than injectWS's: its own 3, then the body of the 4th.
-    for (let i = 0; i < 3; i++) t.not((await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })).statusCode, 429)
-    const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })
-    t.equal(res.statusCode, 429)
-    t.match(res.json(), { statusCode: 429, error: 'Too Many Requests', message: /at most 3/ })
-    t.ok(Number(res.headers['retry-after']) > 0, 'says when to retry')
-    for (let i = 0; i < 10; i++) t.equal((await app.inject({ url: '/health' })).statusCode, 200, `/health ${i + 1}`)
+    for (let i = 0; i < 10; i++) {
+      const frames = await connect(t, app, token(`u${i}`))
+      t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, `socket ${i + 1}`)
+    }
   })
 
-  t.test('refused upgrades count too: after 3 attempts without a token, a 4th with one still gets 429', async (t) => {
-    const app = await build(t, { UPGRADE_RATE_LIMIT: '3' })
-    for (let i = 0; i < 3; i++) {
-      await t.rejects(app.injectWS(PATH), { message: 'Unexpected server response: 401' })
-    }
-    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' })
+  t.test('after 3 refusals (401, 403, and 429 for the per-user cap) the next upgrade gets 429 with retry-after, even with a valid token', async (t) => {
+    const app = await build(t, { UPGRADE_RATE_LIMIT: '3', MAX_CONNECTIONS_PER_USER: '1', ALLOWED_ORIGINS: 'https://a.example' })
+    await connect(t, app, token('u1'))
+    await t.rejects(app.injectWS(PATH), { message: 'Unexpected server response: 401' }, 'no token')
+    await t.rejects(app.injectWS(PATH, { headers: { ...bearer('u2'), origin: 'https://evil.example' } }), { message: 'Unexpected server response: 403' }, 'bad origin')
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u1') }), { message: 'Unexpected server response: 429' }, 'u1 holds its one socket')
+    await t.rejects(app.injectWS(PATH, { headers: bearer('u3') }), { message: 'Unexpected server response: 429' }, 'a valid token is now refused too')
+    t.equal(app.websocketServer.clients.size, 1, 'only the first socket opened')
   })
+
+  t.test('the limit is per client address: IPv6 by /64, IPv4-mapped as IPv4; the 429 body says when to retry', async (t) => {
+    const app = await build(t, { UPGRADE_RATE_LIMIT: '2' })
+    const get = async (remoteAddress: string, headers: Record<string, string> = {}): Promise<{ status: number, body: any, retry: unknown }> => {
+      const res = await app.inject({ method: 'GET', url: PATH, headers, remoteAddress })
+      return { status: res.statusCode, body: res.json(), retry: res.headers['retry-after'] }
+    }
+    for (const address of ['2001:db8:1:2::1', '2001:db8:1:2:ffff::9']) t.equal((await get(address)).status, 401, address)
+    const refused = await get('2001:db8:1:2::77', bearer('u1'))
+    t.equal(refused.status, 429, 'a third address in the same /64 is the same client')
+    t.match(refused.body, { statusCode: 429, error: 'Too Many Requests', message: /at most 2 refused attempts per minute, retry in \d+ s/ })
+    t.ok(Number(refused.retry) > 0 && Number(refused.retry) <= 60, `retry-after ${String(refused.retry)}`)
+    t.equal((await get('2001:db8:1:3::1', bearer('u1'))).status, 426, 'the next /64 is another client (426: a plain GET, not refused)')
+
+    for (let i = 0; i < 2; i++) t.equal((await get('::ffff:10.0.0.5')).status, 401)
+    t.equal((await get('10.0.0.5', bearer('u1'))).status, 429, 'an IPv4-mapped address counts as its IPv4')
+    t.equal((await get('10.0.0.6', bearer('u1'))).status, 426, 'another IPv4 address is another client')
+    for (let i = 0; i < 10; i++) t.equal((await app.inject({ url: '/health', remoteAddress: '10.0.0.5' })).statusCode, 200, `/health ${i + 1} is not limited`)
+  })
+})
+
+t.test('a plain GET /heart/current (no upgrade) with a valid token gets 426 and takes no socket place', async (t) => {
+  const app = await build(t, { MAX_CONNECTIONS_PER_USER: '1', MAX_CONNECTIONS: '1' })
+  for (let i = 0; i < 3; i++) {
+    const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u1') })
+    t.equal(res.statusCode, 426)
+    t.equal(res.headers.upgrade, 'websocket')
+    t.same(res.json(), { statusCode: 426, error: 'Upgrade Required', message: 'not a WebSocket handshake: /heart/current needs Upgrade: websocket' })
+  }
+  const frames = await connect(t, app, token('u1'))
+  t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'the user\'s one place and the instance\'s one place are still free')
+})
+
+t.test('MAX_CONNECTIONS counts sockets on this instance: past it 503 with retry-after; a closed socket frees its place', async (t) => {
+  const app = await build(t, { MAX_CONNECTIONS: '2', UPGRADE_RATE_LIMIT: '1' })
+  const first = await connect(t, app, token('u1'))
+  await connect(t, app, token('u2'))
+  for (let i = 0; i < 3; i++) {
+    await t.rejects(app.injectWS(PATH, { headers: bearer(`v${i}`) }), { message: 'Unexpected server response: 503' }, `another user ${i + 1}: the instance is full`)
+  }
+  const res = await app.inject({ method: 'GET', url: PATH, headers: bearer('u3') })
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '5')
+  t.same(res.json(), { statusCode: 503, error: 'Service Unavailable', message: 'this instance holds its 2 sockets: retry on another' })
+  first.ws.terminate()
+  t.ok(await eventually(() => app.websocketServer.clients.size === 1, 2000), 'the server saw the close')
+  const again = await connect(t, app, token('u3'))
+  t.match(await again.ask({ type: 'ping' }), { type: 'pong' }, 'a place is free again; the 503s did not count as refusals')
+})
+
+t.test('simultaneous upgrades cannot pass MAX_CONNECTIONS together', async (t) => {
+  const app = await build(t, { MAX_CONNECTIONS: '3' })
+  const results = await Promise.allSettled(Array.from({ length: 8 }, async (_, i) => await app.injectWS(PATH, { headers: bearer(`u${i}`) })))
+  const opened = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])
+  t.teardown(() => { for (const ws of opened) ws.terminate() })
+  t.equal(opened.length, 3, 'exactly the limit got through')
+  t.ok(results.every((r) => r.status === 'fulfilled' || /503/.test(String(r.reason))), 'the others got 503')
 })
