@@ -35,6 +35,7 @@ export class Metrics {
   private readonly errors: Record<ErrorCode, number>
   private readonly pushLatency: Histogram
   readonly ingestAccepted: Counter
+  readonly ingestDuplicates: Counter
   readonly ingestRejected: Counter<'status'>
   readonly storeErrors: Counter
 
@@ -51,6 +52,7 @@ export class Metrics {
       registers
     })
     this.ingestAccepted = new Counter({ name: 'heart_ingest_accepted_total', help: 'Readings accepted by ingest', registers })
+    this.ingestDuplicates = new Counter({ name: 'heart_ingest_duplicates_total', help: 'Readings ingest did not store again: their ts was already in history (resends)', registers })
     this.ingestRejected = new Counter({ name: 'heart_ingest_rejected_total', help: 'Ingest requests refused, by HTTP status', labelNames: ['status'], registers })
     this.storeErrors = new Counter({ name: 'heart_store_errors_total', help: 'Store (Redis) commands that failed or timed out', registers })
   }

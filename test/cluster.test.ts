@@ -92,3 +92,31 @@ t.test('on the cluster: sharing and revocation reach the viewer on another insta
   t.match(await bob.ask({ type: 'get', userId: 'alice' }), { type: 'error', code: 'forbidden' })
   bob.ws.terminate()
 })
+
+t.test('on the cluster: a resend is stored once, also sent to two instances at once, and the duplicate check shares the user\'s slot', async (t) => {
+  const { a, b, prefix } = await pair(t)
+  const post = async (app: FastifyInstance, body: object): Promise<{ accepted: number, duplicates: number, ids: string[] }> => {
+    const res = await app.inject({ method: 'POST', url: '/heart/dup/readings', headers: { 'x-api-key': KEY }, payload: body })
+    if (res.statusCode !== 202) throw new Error(`ingest answered ${res.statusCode}: ${res.body}`)
+    return res.json()
+  }
+  const ts = 1_764_115_200_000
+  const rounds = await Promise.all(Array.from({ length: 20 }, async (_v, i) => {
+    const body = { readings: [{ bpm: 60 + i, ts: ts + i }] }
+    return await Promise.all([post(a, body), post(b, body)])
+  }))
+  for (const [i, [ra, rb]] of rounds.entries()) {
+    t.same(ra.ids, rb.ids, `reading ${i}: one id from both instances`)
+    t.equal(ra.accepted + rb.accepted, 1, `reading ${i}: stored once`)
+  }
+  const resend = await post(a, { readings: [{ bpm: 60, ts }, { bpm: 99, ts: ts + 100 }] })
+  t.match(resend, { accepted: 1, duplicates: 1, ids: [rounds[0][0].ids[0]] })
+  const history = await b.inject({ url: '/heart/dup/readings?limit=100', headers: { authorization: `Bearer ${token('dup')}` } })
+  t.equal(history.json().readings.length, 21, 'twenty readings and the one new one')
+
+  const raw = new Cluster(cluster.nodeList.split(',').map((hp) => ({ host: '127.0.0.1', port: Number(hp.split(':')[1]) })))
+  t.teardown(() => raw.disconnect())
+  const slot = async (key: string): Promise<number> => Number(await raw.call('CLUSTER', 'KEYSLOT', key))
+  t.equal(await slot(`{${prefix}dup}:ids-by-ts`), await slot(`${prefix}dup`), 'ids-by-ts is in the legacy key\'s slot')
+  t.equal(await raw.hlen(`{${prefix}dup}:ids-by-ts`), 21)
+})

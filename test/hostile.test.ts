@@ -351,13 +351,22 @@ async function ingest (userId: string, body: string, headers: Record<string, str
   return { status: res.status, body: await res.text() }
 }
 
+/** Records what a 202 stored: a reading whose own `ts` the user already has (a resend) is a duplicate, stored once. */
 function remember (userId: string, readings: Array<{ bpm: number, ts?: number }>, answer: string): void {
   const parsed = JSON.parse(answer)
-  if (parsed.accepted !== readings.length || parsed.ids.length !== readings.length || !parsed.ids.every((id: unknown) => isHistoryId(id))) {
-    throw new Error(`202 answer does not account for ${readings.length} readings: ${answer.slice(0, 200)}`)
-  }
   const list = acknowledged.get(userId) ?? []
-  list.push(...readings)
+  const seen = new Set(list.map((r) => r.ts))
+  const fresh = readings.filter((r) => {
+    if (r.ts === undefined) return true
+    if (seen.has(r.ts)) return false
+    seen.add(r.ts)
+    return true
+  })
+  if (parsed.accepted !== fresh.length || parsed.duplicates !== readings.length - fresh.length ||
+    parsed.ids.length !== readings.length || !parsed.ids.every((id: unknown) => isHistoryId(id))) {
+    throw new Error(`202 answer does not account for ${readings.length} readings (${fresh.length} new): ${answer.slice(0, 200)}`)
+  }
+  list.push(...fresh)
   acknowledged.set(userId, list)
 }
 
@@ -771,7 +780,7 @@ t.test('the process is still up, healthy, and logged nothing uncaught', async (t
 t.test('Redis holds only keys of the documented layout, with exactly the acknowledged readings', async (t) => {
   const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
   const legacyKey = new RegExp(`^${esc(PREFIX)}([A-Za-z0-9_-]{1,64})$`)
-  const derivedKey = new RegExp(`^\\{${esc(PREFIX)}([A-Za-z0-9_-]{1,64})\\}:(ts|history|live|viewers|watching)$`)
+  const derivedKey = new RegExp(`^\\{${esc(PREFIX)}([A-Za-z0-9_-]{1,64})\\}:(ts|history|ids-by-ts|live|viewers|watching)$`)
   const keys: string[] = []
   let cursor = '0'
   do {
@@ -783,7 +792,8 @@ t.test('Redis holds only keys of the documented layout, with exactly the acknowl
   t.same(strays, [], `every one of ${keys.length} keys is of the documented layout`)
 
   const problems: string[] = []
-  const histories = new Map<string, Array<{ bpm: number, ts: number }>>()
+  const histories = new Map<string, Array<{ id: string, bpm: number, ts: number }>>()
+  const idsByTs = new Map<string, Record<string, string>>()
   for (const key of keys) {
     const type = await db.type(key)
     const legacy = legacyKey.exec(key)
@@ -800,14 +810,17 @@ t.test('Redis holds only keys of the documented layout, with exactly the acknowl
     } else if (kind === 'history') {
       if (type !== 'stream') { problems.push(`${key} is a ${type}`); continue }
       const entries = await db.xrange(key, '-', '+')
-      const list: Array<{ bpm: number, ts: number }> = []
+      const list: Array<{ id: string, bpm: number, ts: number }> = []
       for (const [id, fields] of entries) {
         const f = Object.fromEntries(fields.reduce<string[][]>((acc, v, i) => i % 2 === 0 ? [...acc, [v]] : (acc[acc.length - 1].push(v), acc), []))
         const ok = Object.keys(f).length === 2 && /^\d+$/.test(f.bpm) && /^\d+$/.test(f.ts) && Number(f.bpm) >= BPM_MIN && Number(f.bpm) <= BPM_MAX
         if (!ok) problems.push(`${key} ${id} = ${JSON.stringify(fields)}`)
-        list.push({ bpm: Number(f.bpm), ts: Number(f.ts) })
+        list.push({ id, bpm: Number(f.bpm), ts: Number(f.ts) })
       }
       histories.set(userId, list)
+    } else if (kind === 'ids-by-ts') {
+      if (type !== 'hash') { problems.push(`${key} is a ${type}`); continue }
+      idsByTs.set(userId, await db.hgetall(key))
     } else if (kind === 'viewers' || kind === 'watching') {
       const members = type === 'set' ? await db.smembers(key) : []
       if (type !== 'set' || !members.every(isUserId)) problems.push(`${key}: ${type} ${JSON.stringify(members)}`)
@@ -824,6 +837,9 @@ t.test('Redis holds only keys of the documented layout, with exactly the acknowl
     const acked = acknowledged.get(userId) ?? []
     const same = stored.length === acked.length && acked.every((r, i) => r.bpm === stored[i].bpm && (r.ts === undefined || r.ts === stored[i].ts))
     t.ok(same, `${userId}: history holds exactly the ${acked.length} acknowledged readings (it holds ${stored.length})`)
+    const byTs = idsByTs.get(userId) ?? {}
+    const owned = acked.flatMap((r, i) => r.ts === undefined || stored[i] === undefined ? [] : [[String(r.ts), stored[i].id]])
+    t.same(byTs, Object.fromEntries(owned), `${userId}: the duplicate check maps exactly the readings sent with their own ts to their ids`)
   }
   t.ok(keys.includes(`{${PREFIX}bob}:viewers`) && keys.includes(`{${PREFIX}carol}:watching`), 'the share is stored under the documented names')
 })

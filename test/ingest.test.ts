@@ -161,8 +161,9 @@ for (const { store, build: builder } of builders) {
         const after = Date.now()
         t.equal(res.statusCode, 202)
         const body = res.json()
-        t.same(Object.keys(body).sort(), ['accepted', 'ids'])
+        t.same(Object.keys(body).sort(), ['accepted', 'duplicates', 'ids'])
         t.equal(body.accepted, 1)
+        t.equal(body.duplicates, 0)
         t.equal(body.ids.length, 1)
         t.match(body.ids[0], ID)
         const h = await history(app, u)
@@ -367,15 +368,62 @@ for (const { store, build: builder } of builders) {
           last = res.json().ids
         }
         const h = await history(app, 'cap')
+        t.equal(h.length, 100)
         if (store === 'Redis') {
           const redis = await rawClient(t)
-          const len = await redis.xlen(`{${app.config.HEART_KEY_PREFIX}cap}:history`)
-          t.ok(len >= 100 && len <= 200, `XLEN ${len} is near 100`)
-          t.equal(h.length, len)
-        } else {
-          t.equal(h.length, 100)
+          const k = `{${app.config.HEART_KEY_PREFIX}cap}`
+          t.equal(await redis.xlen(`${k}:history`), 100, 'the stream holds exactly HISTORY_MAX')
+          t.equal(await redis.hlen(`${k}:ids-by-ts`), 100, 'and the duplicate check as many, trimmed with it')
         }
-        t.same(h.slice(-100).map((r) => r.id), last, 'the newest readings are the ones kept')
+        t.same(h.map((r) => r.id), last, 'the newest readings are the ones kept')
+      })
+    })
+
+    t.test('resends', async (t) => {
+      const app = await make(t)
+
+      t.test('a reading sent again with its ts answers 202 with the stored id, stores nothing and pushes nothing', async (t) => {
+        const frames = await openSocket(app, 'dup1')
+        t.teardown(() => frames.ws.terminate())
+        t.match(await frames.ask({ type: 'subscribe', userId: 'dup1' }), { type: 'subscribed' })
+        const first = await post(app, 'dup1', { bpm: 72, ts: T0 })
+        t.equal(first.statusCode, 202)
+        t.same(first.json(), { accepted: 1, duplicates: 0, ids: first.json().ids })
+        const again = await post(app, 'dup1', { bpm: 72, ts: T0 })
+        t.equal(again.statusCode, 202)
+        t.same(again.json(), { accepted: 0, duplicates: 1, ids: first.json().ids })
+        t.same(await history(app, 'dup1'), [{ id: first.json().ids[0], bpm: 72, ts: T0 }])
+        t.match(await frames.json(), { type: 'reading', id: first.json().ids[0] })
+        // A new reading after the resend: it is the next frame, so the resend pushed nothing.
+        const next = await post(app, 'dup1', { bpm: 73, ts: T0 + 1000 })
+        t.match(await frames.json(), { type: 'reading', id: next.json().ids[0], bpm: 73 })
+      })
+
+      t.test('a batch resent with new readings in it: one id per reading in order, only the new ones stored', async (t) => {
+        const first = await post(app, 'dup2', { readings: [{ bpm: 60, ts: T0 }, { bpm: 61, ts: T0 + 1000 }] })
+        const [a, b] = first.json().ids
+        const res = await post(app, 'dup2', { readings: [{ bpm: 61, ts: T0 + 1000 }, { bpm: 62, ts: T0 + 2000 }, { bpm: 60, ts: T0 }, { bpm: 63 }] })
+        t.equal(res.statusCode, 202)
+        const body = res.json()
+        t.match(body, { accepted: 2, duplicates: 2 })
+        t.same([body.ids[0], body.ids[2]], [b, a])
+        t.same((await history(app, 'dup2')).map((r) => r.id), [a, b, body.ids[1], body.ids[3]])
+      })
+
+      t.test('readings without ts are never duplicates', async (t) => {
+        const one = await post(app, 'dup3', { bpm: 70 })
+        const two = await post(app, 'dup3', { bpm: 70 })
+        t.match(two.json(), { accepted: 1, duplicates: 0 })
+        t.not(two.json().ids[0], one.json().ids[0])
+        t.equal((await history(app, 'dup3')).length, 2)
+      })
+
+      t.test('a resent reading older than the current value changes nothing; a new older one is stored but is not current', async (t) => {
+        await post(app, 'dup4', { bpm: 90, ts: T0 + 5000 })
+        t.match((await post(app, 'dup4', { bpm: 90, ts: T0 + 5000 })).json(), { accepted: 0, duplicates: 1 })
+        t.match((await post(app, 'dup4', { bpm: 80, ts: T0 })).json(), { accepted: 1, duplicates: 0 })
+        t.same(await app.heartStore.current('dup4'), { bpm: 90, ts: T0 + 5000 })
+        t.same((await history(app, 'dup4')).map((r) => r.bpm), [90, 80])
       })
     })
 
@@ -453,8 +501,9 @@ for (const { store, build: builder } of builders) {
         t.equal(await redis.get(`${prefix}down`), '73')
       })
 
-      const wrongTypes: Array<[string, (redis: Redis, keys: { current: string, meta: string, history: string }) => Promise<unknown>]> = [
+      const wrongTypes: Array<[string, (redis: Redis, keys: { current: string, meta: string, history: string, idsByTs: string }) => Promise<unknown>]> = [
         ['the ts key is a hash', async (r, k) => { await r.del(k.meta); await r.hset(k.meta, 'x', '1') }],
+        ['the duplicate check is a string', async (r, k) => { await r.del(k.idsByTs); await r.set(k.idsByTs, 'junk') }],
         ['the history is a string', async (r, k) => { await r.del(k.history); await r.set(k.history, 'junk') }],
         ['the legacy key is a list', async (r, k) => { await r.del(k.current); await r.rpush(k.current, '80') }]
       ]
@@ -463,10 +512,10 @@ for (const { store, build: builder } of builders) {
           const app = await make(t)
           const redis = await rawClient(t)
           const prefix = app.config.HEART_KEY_PREFIX
-          const k = { current: `${prefix}wt`, meta: `{${prefix}wt}:ts`, history: `{${prefix}wt}:history` }
+          const k = { current: `${prefix}wt`, meta: `{${prefix}wt}:ts`, history: `{${prefix}wt}:history`, idsByTs: `{${prefix}wt}:ids-by-ts` }
           t.equal((await post(app, 'wt', { bpm: 70, ts: T0 })).statusCode, 202)
           await corrupt(redis, k)
-          const dump = async (): Promise<unknown> => await Promise.all([k.current, k.meta, k.history].map(async (key) => {
+          const dump = async (): Promise<unknown> => await Promise.all([k.current, k.meta, k.history, k.idsByTs].map(async (key) => {
             const type = await redis.type(key)
             if (type === 'string') return [type, await redis.get(key)]
             if (type === 'hash') return [type, await redis.hgetall(key)]
@@ -498,6 +547,33 @@ for (const { store, build: builder } of builders) {
         t.equal(await redis.get(`${prefix}oom`), '70')
         t.equal(await redis.get(`{${prefix}oom}:ts`), `${T0}:70`)
         t.equal((await post(app, 'oom', { bpm: 92, ts: T0 + 3000 })).statusCode, 202, 'ingest works again once memory is available')
+      })
+
+      t.test('two instances receiving the same readings at the same instant store each once', async (t) => {
+        const a = await make(t)
+        const b = await make(t, { HEART_KEY_PREFIX: a.config.HEART_KEY_PREFIX })
+        const frames = await openSocket(b, 'twin')
+        t.teardown(() => frames.ws.terminate())
+        t.match(await frames.ask({ type: 'subscribe', userId: 'twin' }), { type: 'subscribed' })
+        const ids: string[] = []
+        for (let i = 0; i < 50; i++) {
+          const body = { readings: [{ bpm: 60 + i, ts: T0 + i * 1000 }] }
+          const [ra, rb] = await Promise.all([post(a, 'twin', body), post(b, 'twin', body)])
+          t.equal(ra.statusCode, 202)
+          t.equal(rb.statusCode, 202)
+          const [ja, jb] = [ra.json(), rb.json()]
+          t.same(ja.ids, jb.ids, `round ${i}: both answer the same id`)
+          t.equal(ja.accepted + jb.accepted, 1, `round ${i}: one of them stored it`)
+          t.equal(ja.duplicates + jb.duplicates, 1, `round ${i}: the other found it stored`)
+          ids.push(ja.ids[0])
+        }
+        t.same((await history(a, 'twin')).map((r) => r.id), ids, 'history holds each reading once')
+        const pushed: string[] = []
+        while (pushed.length < ids.length) pushed.push((await frames.json()).id)
+        t.same(pushed, ids, 'each pushed once')
+        // A marker after the last round: it is the next frame, so no round pushed a second copy.
+        const marker = (await post(a, 'twin', { bpm: 200, ts: T0 + 999_000 })).json().ids[0]
+        t.match(await frames.json(), { type: 'reading', id: marker })
       })
 
       t.test('every reading that got 202 is in history, in order', async (t) => {

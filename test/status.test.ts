@@ -119,7 +119,7 @@ t.test('during a replay status frames are held with the readings; one that subsc
   const store = new MemoryStore(100)
   const hub = new Hub(store, new Access(store), { warn () {} }, { offlineAfterMs: 60_000 })
   t.teardown(() => hub.close())
-  const [since] = await store.append('u1', [{ bpm: 60, ts: Date.now() - 120_000 }])
+  const [since] = (await store.append('u1', [{ bpm: 60, ts: Date.now() - 120_000 }])).ids
   const watcher = recorder('u1')
   const hold = holdHistory(store)
   const subscribing = hub.subscribe(new Subscription(watcher, 'u1'), since, (r) => watcher.frames.push(JSON.stringify({ type: 'subscribed', state: r.state })))

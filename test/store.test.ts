@@ -58,10 +58,48 @@ t.test('redis store specifics', async (t) => {
   t.test('readings follow the documented layout: the decimal at <prefix><userId>, history in a stream', async (t) => {
     const { prefix, store, probe } = await fixture(t)
     const keys = userKeys(prefix, 'u1')
-    const ids = await store.append('u1', [{ bpm: 72, ts: 1764115200000 }, { bpm: 75, ts: 1764115201000 }])
+    const { ids } = await store.append('u1', [{ bpm: 72, ts: 1764115200000 }, { bpm: 75, ts: 1764115201000 }])
     t.equal(await probe.get(`${prefix}u1`), '75')
     t.equal(await probe.type(keys.history), 'stream')
     t.same((await probe.xrange(keys.history, '-', '+')).map(([id]) => id), ids)
+  })
+
+  t.test('the duplicate check is a hash ts → id beside the history, of the readings with their own ts only, trimmed with it', async (t) => {
+    const server = await sharedRedis()
+    const prefix = uniquePrefix()
+    const store = await redisStore(t, server, 3, prefix)
+    t.teardown(() => store.close())
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const keys = userKeys(prefix, 'u1')
+    t.equal(keys.idsByTs, `{${prefix}u1}:ids-by-ts`)
+    const { ids } = await store.append('u1', [{ bpm: 70, ts: 1000 }, { bpm: 71, ts: 2000, serverTs: true }, { bpm: 72, ts: 3000 }])
+    t.equal(await probe.type(keys.idsByTs), 'hash')
+    t.same(await probe.hgetall(keys.idsByTs), { 1000: ids[0], 3000: ids[2] })
+    const next = await store.append('u1', [{ bpm: 73, ts: 4000 }, { bpm: 74, ts: 5000 }])
+    t.equal(await probe.xlen(keys.history), 3)
+    t.same(await probe.hgetall(keys.idsByTs), { 3000: ids[2], 4000: next.ids[0], 5000: next.ids[1] }, 'the trimmed reading\'s ts is forgotten')
+  })
+
+  t.test('after HISTORY_MAX is lowered, each ingest trims a bounded step until history is back at its maximum', async (t) => {
+    const server = await sharedRedis()
+    const prefix = uniquePrefix()
+    const big = await redisStore(t, server, 100000, prefix)
+    t.teardown(() => big.close())
+    for (let i = 0; i < 50; i++) await big.append('u1', Array.from({ length: 500 }, (_v, j) => ({ bpm: 60, ts: 1_000_000 + i * 500 + j })))
+    const small = await redisStore(t, server, 10, prefix)
+    t.teardown(() => small.close())
+    const probe = server.client()
+    t.teardown(() => probe.disconnect())
+    const keys = userKeys(prefix, 'u1')
+    const lengths: number[] = []
+    for (let i = 0; i < 4; i++) {
+      await small.append('u1', [{ bpm: 61, ts: 2_000_000 + i }])
+      lengths.push(await probe.xlen(keys.history))
+    }
+    t.same(lengths, [15000, 5000, 10, 10], 'at most 10 000 more than the readings added per call')
+    t.equal(await probe.hlen(keys.idsByTs), 10, 'the duplicate check follows')
+    t.equal((await small.append('u1', [{ bpm: 60, ts: 1_000_000 }])).duplicates, 0, 'a trimmed reading is new again')
   })
 
   t.test('a value another writer SETs has no known time and is replaced by the next appended reading', async (t) => {
@@ -105,7 +143,7 @@ t.test('redis store specifics', async (t) => {
     await server.start()
     t.ok(await eventually(async () => { await store.ping(); return true }, 15000, 100), 'answers again')
     t.ok(await eventually(() => rec.resumes >= 1, 15000), 'the feed reports it resumed')
-    const [id] = await store.append('u1', [{ bpm: 62, ts: 3 }])
+    const [id] = (await store.append('u1', [{ bpm: 62, ts: 3 }])).ids
     t.same((await rec.waitFor('u1', 2))[1], { id, bpm: 62, ts: 3 }, 'and delivers again without a new watch')
   })
 
@@ -140,7 +178,7 @@ t.test('redis store specifics', async (t) => {
     const channel = userKeys(prefix, 'u1').channel
     const malformed = ['not json', 'null', '5', '{}', '{"revoked":5}', '[null]', '[{"id":7,"bpm":60,"ts":1}]', '[{"id":"1-0\\"","bpm":60,"ts":1}]', '[{"id":"1-0","bpm":"60","ts":1}]']
     for (const m of malformed) await probe.publish(channel, m)
-    const [id] = await store.append('u1', [{ bpm: 61, ts: 2 }])
+    const [id] = (await store.append('u1', [{ bpm: 61, ts: 2 }])).ids
     t.same(await rec.waitFor('u1', 1), [{ id, bpm: 61, ts: 2 }], 'only the appended reading is delivered')
     t.same(rec.revocations, [])
     t.equal(warnings.length, malformed.length, 'one warning per dropped message')

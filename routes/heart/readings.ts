@@ -31,8 +31,9 @@ const IngestBody = Type.Object({
 }, { additionalProperties: false })
 
 const Accepted = Type.Object({
-  accepted: Type.Integer(),
-  ids: Type.Array(Type.String(), { description: 'history ids, in the order of the readings' })
+  accepted: Type.Integer({ description: 'readings stored by this request' }),
+  duplicates: Type.Integer({ description: 'readings already in history with the same ts (resends): not stored again' }),
+  ids: Type.Array(Type.String(), { description: 'history ids, one per reading in the order sent; a duplicate\'s is the stored reading\'s' })
 })
 
 const HistoryQuery = Type.Object({
@@ -115,11 +116,13 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
         const field = body.readings === undefined ? 'body/ts' : `body/readings/${i}/ts`
         return sendError(reply, 400, `${field} is more than 60 s in the future`)
       }
-      list.push({ bpm: batch[i].bpm, ts })
+      list.push(batch[i].ts === undefined ? { bpm: batch[i].bpm, ts, serverTs: true } : { bpm: batch[i].bpm, ts })
     }
-    const ids = await fastify.heartStore.append(request.params.userId, list)
-    fastify.metrics.ingestAccepted.inc(ids.length)
-    return reply.code(202).send({ accepted: ids.length, ids })
+    const { ids, duplicates } = await fastify.heartStore.append(request.params.userId, list)
+    const accepted = ids.length - duplicates
+    fastify.metrics.ingestAccepted.inc(accepted)
+    fastify.metrics.ingestDuplicates.inc(duplicates)
+    return reply.code(202).send({ accepted, duplicates, ids })
   })
 
   fastify.get('/heart/:userId/readings', {

@@ -9,6 +9,7 @@ const TIMEOUT_MS = 10_000
 
 export interface IngestAnswer {
   accepted: number
+  duplicates: number
   ids: string[]
 }
 

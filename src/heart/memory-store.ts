@@ -1,10 +1,12 @@
 import { MemoryFeed } from './memory-feed.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
-import { byCreation, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
+import { byCreation, type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
 
 interface UserData {
   current: Current | null
   history: StoredReading[]
+  /** ts → id of the readings in history that carried their own ts: what makes a resend a duplicate. */
+  idsByTs: Map<number, string>
   /** Newest id trimmed away, as Redis reports max-deleted-entry-id. */
   maxDeletedId: string
 }
@@ -30,7 +32,7 @@ export class MemoryStore implements HeartStore {
   private user (userId: string): UserData {
     let data = this.users.get(userId)
     if (data === undefined) {
-      data = { current: null, history: [], maxDeletedId: '0-0' }
+      data = { current: null, history: [], idsByTs: new Map(), maxDeletedId: '0-0' }
       this.users.set(userId, data)
     }
     return data
@@ -63,23 +65,36 @@ export class MemoryStore implements HeartStore {
     return { current: data?.current ?? null, lastId: data?.history.at(-1)?.id ?? null }
   }
 
-  async append (userId: string, readings: NewReading[]): Promise<string[]> {
+  async append (userId: string, readings: NewReading[]): Promise<AppendResult> {
     const data = this.user(userId)
-    const stored = readings.map((r) => ({ id: this.nextId(), bpm: r.bpm, ts: r.ts }))
-    data.history.push(...stored)
-    const excess = data.history.length - this.historyMax
-    if (excess > 0) {
-      data.maxDeletedId = data.history[excess - 1].id
-      data.history.splice(0, excess)
-    }
-    // Ties go to the later reading, as in the Redis store: current is the one history lists last among the newest.
-    for (const r of stored) {
+    const ids: string[] = []
+    const stored: StoredReading[] = []
+    for (const r of readings) {
+      const known = r.serverTs === true ? undefined : data.idsByTs.get(r.ts)
+      if (known !== undefined) {
+        ids.push(known)
+        continue
+      }
+      const reading = { id: this.nextId(), bpm: r.bpm, ts: r.ts }
+      if (r.serverTs !== true) data.idsByTs.set(r.ts, reading.id)
+      ids.push(reading.id)
+      stored.push(reading)
+      // Ties go to the later reading, as in the Redis store: current is the one history lists last among the newest.
       if (data.current === null || data.current.ts === null || r.ts >= data.current.ts) {
         data.current = { bpm: r.bpm, ts: r.ts }
       }
     }
-    this.feed.publish(userId, stored)
-    return stored.map((r) => r.id)
+    data.history.push(...stored)
+    const excess = data.history.length - this.historyMax
+    if (excess > 0) {
+      for (const r of data.history.slice(0, excess)) {
+        if (data.idsByTs.get(r.ts) === r.id) data.idsByTs.delete(r.ts)
+      }
+      data.maxDeletedId = data.history[excess - 1].id
+      data.history.splice(0, excess)
+    }
+    if (stored.length > 0) this.feed.publish(userId, stored)
+    return { ids, duplicates: readings.length - stored.length }
   }
 
   async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {

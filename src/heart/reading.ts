@@ -16,14 +16,23 @@ export interface Current {
   ts: number | null
 }
 
-/** A reading as a device submits it (after the server filled in a missing `ts`). */
-export interface NewReading {
+/** A reading as stored and served: its bpm and when it was measured. */
+export interface Reading {
   bpm: number
   ts: number
 }
 
+/** A reading as a device submits it, after the server filled in a missing `ts`. */
+export interface NewReading extends Reading {
+  /**
+   * The server filled in `ts` (the device sent none). Such a reading is never a duplicate; one
+   * that carries its own `ts` is identified by it, so a resend of it is stored only once.
+   */
+  serverTs?: boolean
+}
+
 /** A reading kept in history; `id` orders readings of one user and is what clients resume from (`since`). */
-export interface StoredReading extends NewReading {
+export interface StoredReading extends Reading {
   id: string
 }
 

@@ -4,7 +4,9 @@
  * - `<prefix><userId>`            the current bpm as a decimal string: the original system's key,
  *                                 so `HEART_KEY_PREFIX=""` gives `SET <userId> <bpm>` as before.
  * - `{<prefix><userId>}:ts`       `<ts>:<bpm>`: when the service last moved the current value, and to what.
- * - `{<prefix><userId>}:history`  a stream of readings (`bpm`, `ts` fields), capped near HISTORY_MAX.
+ * - `{<prefix><userId>}:history`  a stream of readings (`bpm`, `ts` fields), trimmed to HISTORY_MAX.
+ * - `{<prefix><userId>}:ids-by-ts` a hash `ts` → history id of the readings in history that carried
+ *                                 their own ts: the duplicate check, trimmed with the history.
  * - `{<prefix><userId>}:live`     the pub/sub channel new readings (and revocations of grants) are published on.
  * - `{<prefix><userId>}:viewers`  a set: who may read this user (sharing).
  * - `{<prefix><userId>}:watching` a set: whom this user may read.
@@ -19,6 +21,7 @@ export interface UserKeys {
   current: string
   meta: string
   history: string
+  idsByTs: string
   channel: string
   viewers: string
   watching: string
@@ -34,7 +37,7 @@ export function legacyKey (prefix: string, userId: string): string {
 export function userKeys (prefix: string, userId: string): UserKeys {
   const current = legacyKey(prefix, userId)
   const tag = `{${current}}`
-  return { current, meta: `${tag}:ts`, history: `${tag}:history`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching`, devices: `${tag}:devices`, devicesSeen: `${tag}:devices-seen` }
+  return { current, meta: `${tag}:ts`, history: `${tag}:history`, idsByTs: `${tag}:ids-by-ts`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching`, devices: `${tag}:devices`, devicesSeen: `${tag}:devices-seen` }
 }
 
 const CHANNEL_SUFFIX = '}:live'

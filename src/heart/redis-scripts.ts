@@ -25,34 +25,77 @@ class LuaScript {
 /*
  * Ingest, all or nothing: types are checked before the first write (Redis does not roll a
  * script back), and the shebang makes Redis refuse the whole script up front when it is out of memory.
- * It publishes the new readings as the JSON array the feed reads (redis-feed.ts).
- * KEYS: current, meta, history. ARGV: history max, publish command, channel, then bpm, ts pairs.
+ * Steps: (1) check key types, (2) per reading: a resend (its own ts is already in history) adds
+ * nothing and answers the stored id; otherwise append it, remember its ts, and move the current
+ * value when it is not older, (3) trim history and forget the trimmed readings' ts, (4) publish
+ * the new readings as the JSON array the feed reads (redis-feed.ts). Nothing new: nothing published.
+ *
+ * KEYS[1] current  the legacy key: the current bpm as a decimal string
+ * KEYS[2] meta     `<ts>:<bpm>` of the current value
+ * KEYS[3] history  stream of readings, fields bpm and ts; trimmed to ARGV[1] entries
+ * KEYS[4] idsByTs  hash ts → history id of the readings in history that carried their own ts
+ * ARGV[1] HISTORY_MAX; ARGV[2] PUBLISH or SPUBLISH; ARGV[3] the live channel;
+ * ARGV[4…] one triple per reading: bpm, ts, own (1: the device sent ts; 0: server time, never a duplicate).
+ * Returns { ids (one per reading, in order), duplicates }.
  */
 export const INGEST = new LuaScript(`#!lua
-local function kind (key) return redis.call('TYPE', key)['ok'] end
-local k1, k2, k3 = kind(KEYS[1]), kind(KEYS[2]), kind(KEYS[3])
-if (k1 ~= 'none' and k1 ~= 'string') or (k2 ~= 'none' and k2 ~= 'string') or (k3 ~= 'none' and k3 ~= 'stream') then
-  return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
+local current, meta, history, idsByTs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local historyMax = tonumber(ARGV[1])
+-- After HISTORY_MAX is lowered, trimming catches up this much per call rather than blocking Redis once.
+local TRIM_STEP = 10000
+
+local expected = { 'string', 'string', 'stream', 'hash' }
+for i = 1, 4 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= expected[i] then
+    return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
+  end
 end
-local meta = redis.call('GET', KEYS[2])
+
 local newest = -1
-if meta then newest = tonumber(string.match(meta, '^(%d+)')) or -1 end
-local ids, msgs, newTs, newBpm = {}, {}, nil, nil
-for i = 4, #ARGV, 2 do
-  local bpm, ts = ARGV[i], ARGV[i + 1]
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'bpm', bpm, 'ts', ts)
-  ids[#ids + 1] = id
-  msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
-  local t = tonumber(ts)
-  -- Ties go to the later reading: current is then the one history lists last among the newest.
-  if t >= newest then newest, newTs, newBpm = t, ts, bpm end
+local m = redis.call('GET', meta)
+if m then newest = tonumber(string.match(m, '^(%d+)')) or -1 end
+
+local ids, msgs, duplicates, newTs, newBpm = {}, {}, 0, nil, nil
+for i = 4, #ARGV, 3 do
+  local bpm, ts, own = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+  local stored = own and redis.call('HGET', idsByTs, ts)
+  if stored then
+    ids[#ids + 1] = stored
+    duplicates = duplicates + 1
+  else
+    local id = redis.call('XADD', history, '*', 'bpm', bpm, 'ts', ts)
+    if own then redis.call('HSET', idsByTs, ts, id) end
+    ids[#ids + 1] = id
+    msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
+    -- Ties go to the later reading: current is then the one history lists last among the newest.
+    local t = tonumber(ts)
+    if t >= newest then newest, newTs, newBpm = t, ts, bpm end
+  end
 end
+if #msgs == 0 then return { ids, duplicates } end
+
 if newBpm then
-  redis.call('SET', KEYS[1], newBpm)
-  redis.call('SET', KEYS[2], newTs .. ':' .. newBpm)
+  redis.call('SET', current, newBpm)
+  redis.call('SET', meta, newTs .. ':' .. newBpm)
 end
+
+local len = redis.call('XLEN', history)
+local excess = math.min(len - historyMax, #msgs + TRIM_STEP)
+if excess > 0 then
+  for _, entry in ipairs(redis.call('XRANGE', history, '-', '+', 'COUNT', excess)) do
+    local fields = entry[2]
+    for f = 1, #fields, 2 do
+      if fields[f] == 'ts' and redis.call('HGET', idsByTs, fields[f + 1]) == entry[1] then
+        redis.call('HDEL', idsByTs, fields[f + 1])
+      end
+    end
+  end
+  redis.call('XTRIM', history, 'MAXLEN', len - excess)
+end
+
 redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
-return ids
+return { ids, duplicates }
 `)
 
 /*

@@ -6,7 +6,7 @@ import { legacyKey, userKeys } from './redis-keys.js'
 import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import {
   StoreUnavailableError, byCreation,
-  type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
+  type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
 } from './store.js'
 
 type StreamEntry = [id: string, fields: string[]]
@@ -179,11 +179,12 @@ export class RedisStore implements HeartStore {
     return { current: parseCurrent(value, meta), lastId: lastId ?? null }
   }
 
-  async append (userId: string, readings: NewReading[]): Promise<string[]> {
+  async append (userId: string, readings: NewReading[]): Promise<AppendResult> {
     const k = userKeys(this.prefix, userId)
     const args: Array<string | number> = [this.historyMax, this.cluster ? 'SPUBLISH' : 'PUBLISH', k.channel]
-    for (const r of readings) args.push(r.bpm, r.ts)
-    return await this.guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history], args)) as string[]
+    for (const r of readings) args.push(r.bpm, r.ts, r.serverTs === true ? 0 : 1)
+    const [ids, duplicates] = await this.guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history, k.idsByTs], args)) as [string[], number]
+    return { ids, duplicates }
   }
 
   async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {

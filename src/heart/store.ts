@@ -50,6 +50,13 @@ export interface HistoryQuery {
   limit: number
 }
 
+export interface AppendResult {
+  /** One history id per reading given, in order; a duplicate's is the id it was first stored under. */
+  ids: string[]
+  /** How many of the readings were duplicates (stored before, so stored nothing now). */
+  duplicates: number
+}
+
 /** Receives what the live feed delivers. */
 export interface FeedListener {
   reading (userId: string, reading: LiveReading): void
@@ -86,8 +93,12 @@ export interface HeartStore {
   /** The current bpm alone (the original protocol's answer): one key read on Redis. */
   currentBpm (userId: string): Promise<number | null>
   snapshot (userId: string): Promise<Snapshot>
-  /** Appends to history, moves the current value forward when a reading is newer, publishes: all or nothing. Returns the history ids in order. */
-  append (userId: string, readings: NewReading[]): Promise<string[]>
+  /**
+   * Appends to history, moves the current value forward when a reading is not older, publishes:
+   * all or nothing. A reading with its own `ts` that history already holds for the user (a resend)
+   * is a duplicate: nothing is stored or published for it, and its id is the stored reading's.
+   */
+  append (userId: string, readings: NewReading[]): Promise<AppendResult>
   history (userId: string, query: HistoryQuery): Promise<HistoryPage>
 
   /**
