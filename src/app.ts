@@ -16,6 +16,7 @@ import health from '../routes/health.js'
 import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
+import alertRules from '../routes/heart/alert-rules.js'
 import shares from '../routes/shares.js'
 import devices from '../routes/devices.js'
 import me from '../routes/me.js'
@@ -76,6 +77,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(authRoutes)
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)
+  await fastify.register(alertRules)
   await fastify.register(shares)
   await fastify.register(devices)
   await fastify.register(me)

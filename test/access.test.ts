@@ -38,3 +38,9 @@ t.test('a service writes anyone\'s readings, a device its owner\'s alone', async
   t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'alice'), true)
   t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'bob'), false)
 })
+
+t.test('alert rules are changed by their owner alone, a granted viewer included', async (t) => {
+  const access = new Access({ isGranted: async () => true })
+  t.equal(access.canManage('alice', 'alice'), true)
+  t.equal(access.canManage('bob', 'alice'), false)
+})

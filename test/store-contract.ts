@@ -427,5 +427,21 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       t.ok(await eventually(() => rec.revocations.length === 1, 3000), 'delivered')
       t.same(rec.revocations, [['owner', 'v1']])
     })
+
+    t.test('alert rules: none at first, replaced as a whole, kept per user, deleted once', async (t) => {
+      const store = await fresh(t)
+      t.equal(await store.alertRules('u1'), null)
+      const full = { high: 120, low: 45, sustainS: 10, offline: true }
+      t.same(await store.setAlertRules('u1', full), full, 'answers what it stored')
+      t.same(await store.alertRules('u1'), full)
+      const input = { high: 140, sustainS: 0, offline: false }
+      t.same(await store.setAlertRules('u1', input), input)
+      input.high = 99
+      t.same(await store.alertRules('u1'), { high: 140, sustainS: 0, offline: false }, 'the old low is gone, and the caller\'s object is not the stored one')
+      t.equal(await store.alertRules('u2'), null, 'another user has none')
+      await store.deleteAlertRules('u1')
+      t.equal(await store.alertRules('u1'), null)
+      await t.resolves(store.deleteAlertRules('u1'), 'deleting what is not there is harmless')
+    })
   })
 }

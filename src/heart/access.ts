@@ -23,7 +23,8 @@ export class ForbiddenError extends Error {
  * Who may read whom, and who may write whose readings, decided here and nowhere else: a user
  * reads their own heart rate, and another's when that person has shared it with them
  * (PUT /shares/:viewerId). Every read path (get, subscribe, the legacy frame, history) and every
- * re-check of a live subscription asks this, and so does every ingest (`canWrite`).
+ * re-check of a live subscription asks this, and so does every ingest (`canWrite`) and every
+ * change of alert rules (`canManage`).
  * It is asked each time, never cached, so a withdrawn grant takes effect at the next question.
  *
  * The argument order is always (viewerId, ownerId), "may viewer read owner"; the store's
@@ -45,5 +46,13 @@ export class Access {
   /** Resolves when `viewerId` may read `ownerId`'s heart rate; rejects with ForbiddenError otherwise. */
   async authorize (viewerId: string, ownerId: string): Promise<void> {
     if (!await this.canRead(viewerId, ownerId)) throw new ForbiddenError(ownerId)
+  }
+
+  /**
+   * Whether `userId` may change what concerns `ownerId` (alert rules): the owner alone. Viewers
+   * read the rules (canRead) but never set them.
+   */
+  canManage (userId: string, ownerId: string): boolean {
+    return userId === ownerId
   }
 }

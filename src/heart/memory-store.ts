@@ -1,3 +1,4 @@
+import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MemoryFeed } from './memory-feed.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
 import { byCreation, type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
@@ -24,6 +25,7 @@ export class MemoryStore implements HeartStore {
   private readonly watching = new Map<string, Set<string>>()
   /** Owner -> device id -> the device and when it was last seen. */
   private readonly ownDevices = new Map<string, Map<string, DeviceRecord & { lastSeenAt: number | null }>>()
+  private readonly rules = new Map<string, AlertRules>()
   private lastMs = 0
   private seq = 0
 
@@ -161,11 +163,26 @@ export class MemoryStore implements HeartStore {
     return true
   }
 
+  async setAlertRules (userId: string, rules: AlertRules): Promise<AlertRules> {
+    this.rules.set(userId, ruleFields(rules))
+    return ruleFields(rules)
+  }
+
+  async alertRules (userId: string): Promise<AlertRules | null> {
+    const stored = this.rules.get(userId)
+    return stored === undefined ? null : ruleFields(stored)
+  }
+
+  async deleteAlertRules (userId: string): Promise<void> {
+    this.rules.delete(userId)
+  }
+
   async close (): Promise<void> {
     this.users.clear()
     this.viewers.clear()
     this.watching.clear()
     this.ownDevices.clear()
+    this.rules.clear()
   }
 }
 

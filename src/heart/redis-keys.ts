@@ -12,6 +12,7 @@
  * - `{<prefix><userId>}:watching` a set: whom this user may read.
  * - `{<prefix><userId>}:devices`  a hash: device id -> JSON `{"name","createdAt","keyHash"}` of this user's devices.
  * - `{<prefix><userId>}:devices-seen` a hash: device id -> when its key last wrote (ms).
+ * - `{<prefix><userId>}:alert-rules` a hash: the user's alert rules (`high`, `low`, `sustainS`, `offline` 1/0).
  *
  * The braces are a cluster hash tag whose content is the legacy key itself, so all of them hash
  * to the legacy key's slot (and a prefix must not contain braces). User ids cannot contain
@@ -27,6 +28,7 @@ export interface UserKeys {
   watching: string
   devices: string
   devicesSeen: string
+  alertRules: string
 }
 
 /** The original system's key, read on the hot path on its own (no other key is built for it). */
@@ -37,7 +39,18 @@ export function legacyKey (prefix: string, userId: string): string {
 export function userKeys (prefix: string, userId: string): UserKeys {
   const current = legacyKey(prefix, userId)
   const tag = `{${current}}`
-  return { current, meta: `${tag}:ts`, history: `${tag}:history`, idsByTs: `${tag}:ids-by-ts`, channel: `${tag}:live`, viewers: `${tag}:viewers`, watching: `${tag}:watching`, devices: `${tag}:devices`, devicesSeen: `${tag}:devices-seen` }
+  return {
+    current,
+    meta: `${tag}:ts`,
+    history: `${tag}:history`,
+    idsByTs: `${tag}:ids-by-ts`,
+    channel: `${tag}:live`,
+    viewers: `${tag}:viewers`,
+    watching: `${tag}:watching`,
+    devices: `${tag}:devices`,
+    devicesSeen: `${tag}:devices-seen`,
+    alertRules: `${tag}:alert-rules`
+  }
 }
 
 const CHANNEL_SUFFIX = '}:live'

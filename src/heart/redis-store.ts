@@ -1,5 +1,6 @@
 import { Cluster, type Redis } from 'ioredis'
 import { TimeoutError, withTimeout } from '../timeout.js'
+import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
@@ -38,6 +39,15 @@ function parseCurrent (value: string | null, meta: string | null): Current | nul
     if (meta.slice(sep + 1) === value) ts = Number(meta.slice(0, sep))
   }
   return { bpm, ts }
+}
+
+/** The rules hash as setAlertRules writes it; null when there is none. */
+function parseRules (hash: Record<string, string>): AlertRules | null {
+  if (hash.sustainS === undefined) return null
+  const rules: AlertRules = { sustainS: Number(hash.sustainS), offline: hash.offline === '1' }
+  if (hash.high !== undefined) rules.high = Number(hash.high)
+  if (hash.low !== undefined) rules.low = Number(hash.low)
+  return rules
 }
 
 export interface RedisStoreOptions {
@@ -277,6 +287,24 @@ export class RedisStore implements HeartStore {
   async verifyDevice (ownerId: string, deviceId: string, keyHash: string, seenAt: number): Promise<boolean> {
     const k = userKeys(this.prefix, ownerId)
     return await this.guarded(() => VERIFY_DEVICE.run(this.redis, [k.devices, k.devicesSeen], [deviceId, keyHash, seenAt])) === 1
+  }
+
+  async setAlertRules (userId: string, rules: AlertRules): Promise<AlertRules> {
+    const key = userKeys(this.prefix, userId).alertRules
+    const fields: Record<string, string | number> = { sustainS: rules.sustainS, offline: rules.offline ? 1 : 0 }
+    if (rules.high !== undefined) fields.high = rules.high
+    if (rules.low !== undefined) fields.low = rules.low
+    // One key, so one transaction also on a cluster: readers never see a mix of old and new rules.
+    await this.guarded(() => this.redis.multi().del(key).hset(key, fields).exec())
+    return ruleFields(rules)
+  }
+
+  async alertRules (userId: string): Promise<AlertRules | null> {
+    return parseRules(await this.guarded(() => this.redis.hgetall(userKeys(this.prefix, userId).alertRules)))
+  }
+
+  async deleteAlertRules (userId: string): Promise<void> {
+    await this.guarded(() => this.redis.del(userKeys(this.prefix, userId).alertRules))
   }
 
   async close (): Promise<void> {

@@ -1,3 +1,4 @@
+import type { AlertRules } from './alert-rules.js'
 import type { Current, NewReading, StoredReading } from './reading.js'
 
 /** What a reading looks like when it reaches the live feed. `id` is null for values seen from writers that only `SET` the legacy key. */
@@ -130,6 +131,13 @@ export interface HeartStore {
    * removed device is refused at once by every instance.
    */
   verifyDevice (ownerId: string, deviceId: string, keyHash: string, seenAt: number): Promise<boolean>
+
+  /** Replaces the user's alert rules as a whole (one step: never a mix of old and new); returns what is stored. */
+  setAlertRules (userId: string, rules: AlertRules): Promise<AlertRules>
+  /** The user's alert rules, or null when none are set. */
+  alertRules (userId: string): Promise<AlertRules | null>
+  /** Removes the user's alert rules, if there are any. */
+  deleteAlertRules (userId: string): Promise<void>
 
   close (): Promise<void>
 }
