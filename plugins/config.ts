@@ -73,6 +73,7 @@ export const configSchema = Type.Object({
   // Flood control
   MESSAGE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 20 }),
   UPGRADE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
+  HISTORY_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
   // Operations
   METRICS_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   // No default: unset means on outside production (plugins/api-docs.ts).

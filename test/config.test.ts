@@ -54,7 +54,8 @@ const DEFAULTS: Record<string, unknown> = {
   MAX_CONNECTIONS: undefined,
   ALLOWED_ORIGINS: [],
   MESSAGE_RATE_LIMIT: 20,
-  UPGRADE_RATE_LIMIT: 60
+  UPGRADE_RATE_LIMIT: 60,
+  HISTORY_RATE_LIMIT: 60
 }
 
 async function tempDir (t: Test): Promise<string> {
@@ -131,6 +132,8 @@ const BAD_VALUES: Array<[string, string]> = [
   ['JWT_CLOCK_TOLERANCE_S', '-1'],
   ['JWT_CLOCK_TOLERANCE_S', '301'],
   ['JWT_CLOCK_TOLERANCE_S', 'soon'],
+  ['HISTORY_RATE_LIMIT', '0'],
+  ['HISTORY_RATE_LIMIT', 'many'],
   ['HISTORY_MAX', '0'],
   ['MAX_SUBSCRIPTIONS_PER_CONNECTION', '0'],
   ['MAX_BUFFERED_BYTES', '10'],

@@ -225,3 +225,29 @@ for (const { store, build: builder } of builders) {
     t.same((await get(app, 'trim', '?limit=3')).json(), { userId: 'trim', readings: kept.slice(-3) }, 'without since there is no truncated flag')
   })
 }
+
+t.test('HISTORY_RATE_LIMIT counts history requests per requesting user: past it 429 with Retry-After', async (t) => {
+  t.test('at the default, 60 requests a minute pass and the 61st is refused', async (t) => {
+    const app = await build(t, { HISTORY_RATE_LIMIT: undefined })
+    for (let i = 0; i < 60; i++) {
+      const res = await get(app, 'r1')
+      if (res.statusCode !== 200) t.fail(`request ${i + 1} answered ${res.statusCode}`)
+    }
+    const refused = await get(app, 'r1')
+    t.equal(refused.statusCode, 429)
+    t.match(refused.headers['content-type'], /^application\/json/)
+    t.match(refused.json(), { statusCode: 429, error: 'Too Many Requests', message: /rate limit exceeded: at most 60 per window/ })
+    t.ok(Number(refused.headers['retry-after']) > 0, `retry-after: ${refused.headers['retry-after']}`)
+  })
+
+  t.test('the count is the user\'s, whatever the address; refusals for another user\'s history count too', async (t) => {
+    const app = await build(t, { HISTORY_RATE_LIMIT: '3' })
+    t.equal((await get(app, 'r1')).statusCode, 200)
+    t.equal((await get(app, 'r1', '?limit=5')).statusCode, 200)
+    t.equal((await get(app, 'r2', '', 'r1')).statusCode, 403, 'not granted: counted all the same')
+    t.equal((await get(app, 'r1')).statusCode, 429, 'the fourth request of r1')
+    t.equal((await get(app, 'r2', '', 'r1')).statusCode, 429, 'whichever history r1 asks for')
+    t.equal((await get(app, 'r2')).statusCode, 200, 'r2, from the same address, has its own count')
+    t.equal((await app.inject({ url: '/heart/r1/readings' })).statusCode, 401, 'without a token: 401, not counted against anyone')
+  })
+})

@@ -171,6 +171,46 @@ for (const [name, make] of stores) {
     stream.resume()
     t.equal(await frames.closed, 1013)
   })
+
+  t.test(`${name}: one replay at a time per socket: subscribes with since are replayed one after the other, in the order sent`, async (t) => {
+    const app = await make(t)
+    const owners = ['ra', 'rb', 'rc']
+    // Two history pages each: the replays would interleave at every await if they ran together.
+    for (const owner of owners) {
+      for (let i = 0; i < 3; i++) await ingest(app, owner, { readings: Array.from({ length: 500 }, (_, j) => ({ bpm: 60 + (j % 100) })) })
+      const res = await app.inject({ method: 'PUT', url: '/shares/rv', headers: { authorization: `Bearer ${token(owner)}` } })
+      if (res.statusCode !== 200) throw new Error(`grant answered ${res.statusCode}`)
+    }
+    const frames = await openSocket(app, 'rv')
+    t.teardown(() => frames.ws.terminate())
+    for (const owner of owners) frames.ws.send(JSON.stringify({ type: 'subscribe', userId: owner, since: '0-0', reqId: owner }))
+    const order: string[] = []
+    while (order.length < owners.length * 1501) {
+      const f = await frames.json()
+      order.push(f.type === 'subscribed' ? `subscribed ${f.userId}` : f.userId)
+    }
+    const expected = owners.flatMap((owner) => [`subscribed ${owner}`, ...Array(1500).fill(owner)])
+    const firstMismatch = order.findIndex((x, i) => x !== expected[i])
+    t.equal(firstMismatch, -1, firstMismatch === -1 ? 'each replay whole before the next' : `frame ${firstMismatch} is ${order[firstMismatch]}, expected ${expected[firstMismatch]}`)
+  })
+
+  t.test(`${name}: a subscribe with since waiting for another replay is cancelled by unsubscribe`, async (t) => {
+    const app = await make(t)
+    for (const owner of ['ca', 'cb']) {
+      await ingest(app, owner, { readings: Array.from({ length: 500 }, () => ({ bpm: 70 })) })
+      await app.inject({ method: 'PUT', url: '/shares/cv', headers: { authorization: `Bearer ${token(owner)}` } })
+    }
+    const frames = await openSocket(app, 'cv')
+    t.teardown(() => frames.ws.terminate())
+    frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'ca', since: '0-0' }))
+    frames.ws.send(JSON.stringify({ type: 'subscribe', userId: 'cb', since: '0-0' }))
+    frames.ws.send(JSON.stringify({ type: 'unsubscribe', userId: 'cb', reqId: 'u' }))
+    t.match(await frames.until((f) => f.type === 'unsubscribed'), { userId: 'cb', reqId: 'u' })
+    const got: any[] = []
+    while (got.filter((f) => f.type === 'reading').length < 500) got.push(await frames.json())
+    t.notOk(got.some((f) => f.userId === 'cb'), 'nothing of cb: its replay never started')
+    t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'and nothing of it after the replay of ca either')
+  })
 }
 
 t.test('redis: one Redis subscription per watched user per instance, released when the last watcher leaves', async (t) => {

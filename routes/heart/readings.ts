@@ -127,11 +127,14 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.get('/heart/:userId/readings', {
     preValidation: fastify.authenticate,
+    // Per requesting user, so a NAT'd crowd shares nothing; counted once the token is known
+    // (preHandler), which also counts requests that end in 403.
+    config: { rateLimit: { max: fastify.config.HISTORY_RATE_LIMIT, timeWindow: '1 minute', hook: 'preHandler', keyGenerator: (request) => request.principal!.userId } },
     schema: {
       summary: 'History of a user, oldest first',
       params: UserParams,
       querystring: HistoryQuery,
-      response: { 200: History, ...errorResponses(400, 401, 403, 503) }
+      response: { 200: History, ...errorResponses(400, 401, 403, 429, 503) }
     }
   }, async (request, reply) => {
     const { userId } = request.params

@@ -48,6 +48,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1
  */
 export class HeartSession implements Watcher {
   private readonly subs = new Map<string, Subscription>()
+  /** The last replay (a subscribe with `since`) asked for on this socket; the next one starts after it. */
+  private replay: Promise<void> = Promise.resolve()
   /** Newest pending reading frame per user while the socket is too slow; null when not conflating. */
   private conflated: Map<string, Buffer> | null = null
   private drainTimer: NodeJS.Timeout | null = null
@@ -249,8 +251,19 @@ export class HeartSession implements Watcher {
     // Recorded before any await, so an `unsubscribe` sent right after cancels it rather than overtaking it.
     const sub = new Subscription(this, userId)
     this.subs.set(userId, sub)
+    const start = async (): Promise<void> => {
+      if (sub.active) await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r, reqId)))
+    }
     try {
-      await this.deps.hub.subscribe(sub, since, (r) => this.reply(subscribedFrame(userId, r, reqId)))
+      if (since === undefined) {
+        await start()
+      } else {
+        // One replay at a time, in the order asked: twenty subscribes with `since` on one socket
+        // would otherwise read twenty histories at once and hold them all in its send buffer.
+        const turn = this.replay.then(start)
+        this.replay = turn.catch(() => {})
+        await turn
+      }
     } catch (err) {
       this.deps.hub.unsubscribe(sub)
       if (this.subs.get(userId) === sub) this.subs.delete(userId)
