@@ -9,6 +9,7 @@ import metrics from '../plugins/metrics.js'
 import access from '../plugins/access.js'
 import devicesPlugin from '../plugins/devices.js'
 import rateLimit from '../plugins/rate-limit.js'
+import forwarded from '../plugins/forwarded.js'
 import websocket from '../plugins/websocket.js'
 import apiDocs from '../plugins/api-docs.js'
 import notify from '../plugins/notify.js'
@@ -52,6 +53,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(devicesPlugin)
   await fastify.register(hub)
   await fastify.register(notify)
+  await fastify.register(forwarded)
   await fastify.register(rateLimit)
   await fastify.register(websocket)
   await fastify.register(apiDocs)

@@ -4,8 +4,9 @@
  * while an address sending bad tokens is slowed down by UPGRADE_RATE_LIMIT. 127.0.0.2 is a second
  * client address on loopback.
  */
+import http from 'node:http'
 import t from 'tap'
-import { Refused, bearer, openWebSocket, startServer, token, type Frames } from './helper.js'
+import { Refused, bearer, eventually, openWebSocket, startServer, token, type Frames } from './helper.js'
 
 const CROWD = 2000
 /** UPGRADE_RATE_LIMIT's default. */
@@ -51,4 +52,35 @@ t.test(`${CROWD} sockets from one address open on one instance at the defaults; 
 
   const others = await Promise.all(Array.from({ length: 20 }, async (_, i) => await openWebSocket(t, url, { localAddress: '127.0.0.1', headers: bearer(`late-${i}`) })))
   t.equal(others.length, 20, 'valid clients from the first address still connect')
+})
+
+/** GET `path` from the loopback address `from`; resolves with the status. */
+async function getFrom (port: number, from: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number, body: string }> {
+  return await new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path, localAddress: from, headers, agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { body += chunk })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    }).on('error', reject)
+  })
+}
+
+t.test('X-Forwarded-For from a peer TRUST_PROXY does not trust: one warning per peer, every request counted', async (t) => {
+  // 127.0.0.2 is the trusted proxy; 127.0.0.1 and 127.0.0.3 are peers sending the header without being trusted.
+  const server = await startServer(t, { ...DEFAULTS, TRUST_PROXY: '127.0.0.2' })
+  const xff = { 'x-forwarded-for': '203.0.113.9' }
+  for (let i = 0; i < 5; i++) t.equal((await getFrom(server.port, '127.0.0.1', '/health', xff)).status, 200)
+  for (let i = 0; i < 3; i++) t.equal((await getFrom(server.port, '127.0.0.3', '/health', xff)).status, 200)
+  for (let i = 0; i < 3; i++) t.equal((await getFrom(server.port, '127.0.0.2', '/health', xff)).status, 200, 'through the trusted proxy')
+  t.equal((await getFrom(server.port, '127.0.0.1', '/health')).status, 200, 'without the header')
+  const frames = await openWebSocket(t, `ws://127.0.0.1:${server.port}/heart/current`, { localAddress: '127.0.0.1', headers: { ...bearer('u1'), ...xff } })
+  t.match(await frames.ask({ type: 'ping' }), { type: 'pong' }, 'an upgrade with the header still works')
+
+  const metrics = (await getFrom(server.port, '127.0.0.1', '/metrics')).body
+  t.match(metrics, /^heart_untrusted_forwarded_total 9$/m, '5 + 3 requests and the upgrade, not the trusted proxy\'s')
+  const warnings = (): Array<{ peer: string, msg: string, level: number }> => server.logs.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)).filter((e) => /X-Forwarded-For from a peer TRUST_PROXY does not trust/.test(e.msg))
+  t.ok(await eventually(() => warnings().length >= 2, 3000), 'warned')
+  t.same(warnings().map((w) => w.peer).sort(), ['127.0.0.1', '127.0.0.3'], 'once per untrusted peer')
+  t.equal(warnings()[0].level, 40, 'at warn')
 })
