@@ -37,6 +37,8 @@ t.test('a service writes anyone\'s readings, a device its owner\'s alone', async
   t.equal(access.canWrite({ kind: 'service' }, 'alice'), true)
   t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'alice'), true)
   t.equal(access.canWrite({ kind: 'device', ownerId: 'alice' }, 'bob'), false)
+  t.equal(access.canWrite({ kind: 'user', userId: 'alice' }, 'alice'), true)
+  t.equal(access.canWrite({ kind: 'user', userId: 'alice' }, 'bob'), false)
 })
 
 t.test('alert rules are changed by their owner alone, a granted viewer included', async (t) => {

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { Env } from '../plugins/config.js'
-import { RedisServer, bearer, build, buildWithRedis, eventually, openSocket, sharedRedis, type BuildOptions } from './helper.js'
+import { RedisServer, bearer, build, buildWithRedis, eventually, openSocket, sharedRedis, token, type BuildOptions } from './helper.js'
 
 const KEY = 'k1'
 const INGEST_ENV: Env = { INGEST_API_KEYS: 'k1,k2' }
@@ -99,6 +99,36 @@ for (const { store, build: builder } of builders) {
           t.equal(res.statusCode, 202, `key ${key}`)
         }
         t.equal((await history(app, 'u2')).length, 2)
+      })
+
+      t.test('a Bearer token writes its own user\'s readings', async (t) => {
+        const res = await app.inject({ method: 'POST', url: '/heart/wearer/readings', headers: { ...bearer('wearer'), 'content-type': 'application/json' }, payload: { bpm: 72, ts: T0 } })
+        t.equal(res.statusCode, 202)
+        t.match(res.json(), { accepted: 1, duplicates: 0 })
+        t.same((await history(app, 'wearer')).map((r) => r.bpm), [72])
+      })
+
+      t.test('a Bearer token of another user answers 403 and writes nothing', async (t) => {
+        const res = await app.inject({ method: 'POST', url: '/heart/victim/readings', headers: { ...bearer('wearer'), 'content-type': 'application/json' }, payload: { bpm: 72 } })
+        t.equal(res.statusCode, 403)
+        t.match(res.json(), { statusCode: 403, error: 'Forbidden', message: /token only its own user/ })
+        t.same(await history(app, 'victim'), [])
+      })
+
+      t.test('a bad, expired or malformed Bearer token answers 401 with the challenge, before the body', async (t) => {
+        for (const authorization of [`Bearer ${token('wearer', { secret: 'another-secret-of-at-least-32-characters!' })}`, `Bearer ${token('wearer', { ttlS: -10 })}`, 'Basic d2VhcmVyOng=']) {
+          const res = await app.inject({ method: 'POST', url: '/heart/wearer2/readings', headers: { authorization, 'content-type': 'application/json' }, payload: { bpm: 5 } })
+          t.equal(res.statusCode, 401, authorization.slice(0, 12))
+          t.equal(res.headers['www-authenticate'], 'Bearer')
+        }
+        t.same(await history(app, 'wearer2'), [])
+      })
+
+      t.test('x-api-key decides when both are sent', async (t) => {
+        const res = await app.inject({ method: 'POST', url: '/heart/victim/readings', headers: { ...bearer('wearer'), 'x-api-key': 'nope', 'content-type': 'application/json' }, payload: { bpm: 72 } })
+        t.equal(res.statusCode, 401)
+        const service = await app.inject({ method: 'POST', url: '/heart/victim2/readings', headers: { ...bearer('wearer'), 'x-api-key': KEY, 'content-type': 'application/json' }, payload: { bpm: 72 } })
+        t.equal(service.statusCode, 202, 'a service key writes for anyone, whatever token comes with it')
       })
 
       t.test('the key is checked before the body', async (t) => {

@@ -78,18 +78,31 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
    * body; the path is not validated yet either, but a userId that is no user id is nobody's device.
    */
   async function authorizeIngest (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const writer = await writerOf(request)
-    if (writer === null) return sendError(reply, 401, 'missing or unknown x-api-key')
+    let writer: Writer | null
+    if (request.headers['x-api-key'] === undefined && request.headers.authorization !== undefined) {
+      // The wearer's own app: the token check every HTTP route uses (401 with its reason).
+      await fastify.authenticate(request, reply)
+      if (reply.sent) return
+      writer = { kind: 'user', userId: request.principal!.userId }
+    } else {
+      writer = await writerOf(request)
+      if (writer === null) return sendError(reply, 401, 'missing or unknown x-api-key (or send Authorization: Bearer <jwt> for your own readings)')
+    }
     const { userId } = request.params as { userId: string }
-    if (!fastify.access.canWrite(writer, userId)) return sendError(reply, 403, 'not allowed to write this user\'s readings: a device key writes only its owner\'s')
+    if (!fastify.access.canWrite(writer, userId)) {
+      return sendError(reply, 403, 'not allowed to write this user\'s readings: a device key writes only its owner\'s, a token only its own user\'s')
+    }
   }
 
   fastify.post('/heart/:userId/readings', {
     bodyLimit: 64 * 1024,
     config: { storeUnavailableMessage: 'heart-rate store did not answer; outcome unknown: resend the same readings with their ts' },
     schema: {
-      summary: 'Ingest heart-rate readings of a user (a service key for anyone, a device key for its owner)',
-      headers: Type.Object({ 'x-api-key': Type.Optional(Type.String()) }),
+      summary: 'Ingest heart-rate readings of a user (a service key for anyone, a device key for its owner, a Bearer token for its own user)',
+      headers: Type.Object({
+        'x-api-key': Type.Optional(Type.String({ description: 'a service key (any user) or a device key (its owner); decides when present' })),
+        authorization: Type.Optional(Type.String({ description: 'Bearer <jwt>: the token\'s user writes their own readings' }))
+      }),
       params: UserParams,
       body: IngestBody,
       response: { 202: Accepted, ...errorResponses(400, 401, 403, 503) }

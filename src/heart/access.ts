@@ -5,11 +5,13 @@ export type GrantStore = Pick<HeartStore, 'isGranted'>
 
 /**
  * Who is writing readings. A service key (INGEST_API_KEYS) belongs to a trusted gateway that
- * writes for many users; a device key writes for the device's owner.
+ * writes for many users; a device key writes for the device's owner; a user's token (the wearer's
+ * own mini program) writes for that user.
  */
 export type Writer =
   | { kind: 'service' }
   | { kind: 'device', ownerId: string }
+  | { kind: 'user', userId: string }
 
 /** `viewerId` may not read `ownerId`'s heart rate. */
 export class ForbiddenError extends Error {
@@ -38,9 +40,13 @@ export class Access {
     return viewerId === ownerId || await this.grants.isGranted(ownerId, viewerId)
   }
 
-  /** Whether `writer` may write `userId`'s readings: a service for anyone, a device for its owner alone. */
+  /** Whether `writer` may write `userId`'s readings: a service for anyone, a device for its owner alone, a user for themself alone. */
   canWrite (writer: Writer, userId: string): boolean {
-    return writer.kind === 'service' || writer.ownerId === userId
+    switch (writer.kind) {
+      case 'service': return true
+      case 'device': return writer.ownerId === userId
+      case 'user': return writer.userId === userId
+    }
   }
 
   /** Resolves when `viewerId` may read `ownerId`'s heart rate; rejects with ForbiddenError otherwise. */
