@@ -79,6 +79,31 @@ t.test('sockets that do not ask for status frames (the other tests) never see th
   frames.ws.terminate()
 })
 
+t.test('a slow socket: status is never conflated away, and comes after the newest reading still held back', async (t) => {
+  const app = await build(t, { INGEST_API_KEYS: KEY, OFFLINE_AFTER_MS: '1000', MAX_BUFFERED_BYTES: '65536' })
+  const frames = await openSocket(app, 'u1', { withStatus: true })
+  await frames.ask({ type: 'subscribe', userId: 'u1' })
+  const stream = (frames.ws as any)._socket
+  stream.pause()
+  const base = Date.now() - 2000
+  for (let i = 0; i < 4; i++) await ingest(app, 'u1', { readings: Array.from({ length: 500 }, (_, j) => ({ bpm: 60 + (j % 100), ts: base + i * 500 + j })) })
+  const statusSent = async (): Promise<boolean> => /heart_frames_out_total\{type="status"\} 2/.test((await app.inject('/metrics')).body)
+  t.ok(await eventually(statusSent, 5000), 'online and offline were written while the socket did not read')
+  stream.resume()
+  const got: any[] = []
+  for (;;) {
+    const f = await frames.json(1000).catch(() => null)
+    if (f === null) break
+    got.push(f)
+  }
+  const statuses = got.filter((f) => f.type === 'status').map((f) => f.state)
+  t.same(statuses, ['online', 'offline'], 'both changes arrive')
+  t.ok(got.filter((f) => f.type === 'reading').length < 2000, 'readings were conflated')
+  t.match(got.at(-1), { type: 'status', state: 'offline', lastTs: base + 1999 }, 'offline comes last')
+  t.match(got.at(-2), { type: 'reading', ts: base + 1999 }, 'just after the newest reading, which was held back when offline came')
+  frames.ws.terminate()
+})
+
 /** A hub watcher that records the frames it is sent, in order. */
 function recorder (userId: string): Watcher & { frames: string[] } {
   const frames: string[] = []
