@@ -26,10 +26,12 @@ export interface SubscribeResult {
  * Rejections carry a `code`: one of the server's error codes (`bad_request`, `forbidden`,
  * `unauthorized`, `unavailable`, `internal`, `too_many_subscriptions`, `rate_limited`) or the
  * client's own: `timeout`, `disconnected` (the socket went before the answer came),
- * `not_connected` (idle: not started, or the app is hidden), `closed`, `cancelled` (unsubscribed
+ * `not_connected` (connect() was never called), `closed`, `cancelled` (unsubscribed
  * while a subscribe was pending), `token_expired` (reported to onError when a 4001 cannot be
  * handled because there is no onTokenExpired), `refused` (reported to onError when the server
- * answered the handshake with an HTTP status retrying cannot fix; the client then closes).
+ * answered the handshake with an HTTP status retrying cannot fix; the client then closes),
+ * `too_many_sockets` (reported to onError when connectSocket failed with `exceed max task count`:
+ * the mini program already has 5 sockets; the client then closes — use one client per app).
  */
 export interface HeartClientError extends Error {
   code: string
@@ -86,9 +88,10 @@ export interface HeartClientOptions {
   /** Defaults to the mini program's global `wx`; tests pass a shim. */
   wx?: WxLike
   /**
-   * Called when the server closes with 4001 (or the stored token has expired before a
-   * connection): resolve with a new token, and the client reconnects with it. Without it, a
-   * 4001 closes the client.
+   * Called when the server closes with 4001, when the stored token has expired by the server's
+   * clock (learnt from `pong`) before a connection, or after 3 handshakes in a row failed with a
+   * token that looks valid: resolve with a new token, and the client reconnects with it.
+   * Without it, a 4001 closes the client.
    */
   onTokenExpired?: () => Promise<string> | string
   onStateChange?: (state: HeartClientState, previous: HeartClientState) => void
@@ -104,9 +107,9 @@ export interface HeartClientOptions {
   pingIntervalMs?: number
   /** Nothing received for this long (or a connection that does not open): the socket is given up. Default 45000. */
   deadAfterMs?: number
-  /** How long a request waits for its answer. Default 10000. */
+  /** How long a sent request waits for its answer (from when it is sent). Default 10000. */
   requestTimeoutMs?: number
-  /** Reconnect delays: exponential from initialMs up to maxMs, with full jitter. Defaults 500 and 30000. */
+  /** Reconnect delays: exponential from initialMs up to maxMs, with full jitter. Defaults 500 and 2000. After 1001: a random 0-2 s. */
   backoff?: { initialMs?: number, maxMs?: number }
 }
 
@@ -117,7 +120,7 @@ export declare class HeartClient {
   connect (): void
   /** Ends everything: pending promises reject with `closed`, subscriptions are forgotten. */
   close (): void
-  /** Readings of `userId`, across reconnects, each once and in order. */
+  /** Readings of `userId`, across reconnects, each once and in order; lives until unsubscribe() or close(), and never times out. */
   subscribe (userId: string, onReading: (reading: Reading) => void, options?: SubscribeOptions): Promise<SubscribeResult>
   /** No reading of `userId` is delivered after this call. */
   unsubscribe (userId: string): Promise<void>

@@ -36,6 +36,26 @@
   const TRY_AGAIN_LATER_FACTOR = 8
 
   /**
+   * After 1001 the client redials within a random 0 to this many ms: every phone of an instance
+   * that shuts down gets 1001 at the same moment, and redialling at once would hit the draining
+   * instance (and the next one) as one crowd.
+   */
+  const GOING_AWAY_SPREAD_MS = 2000
+
+  /**
+   * Handshakes that fail in a row, with a token the client believes valid, before it asks for a
+   * new one anyway: a mini program sees a refused handshake (401 for an expired token) only as
+   * onError + onClose(1006), the same as a network that is down.
+   */
+  const RENEW_AFTER_FAILURES = 3
+
+  /** WeChat's connectSocket fail message when the mini program already has 5 sockets. */
+  const TOO_MANY_SOCKETS = 'exceed max task count'
+
+  /** SocketTask.close takes a reason of at most this many UTF-8 bytes (and fails on a longer one). */
+  const CLOSE_REASON_MAX_BYTES = 123
+
+  /**
    * HTTP statuses of a refused handshake worth trying again (rate limit, a proxy without a live
    * instance behind it); any other refusal is final. Only adapters that see the status report it
    * (ws-adapter.js over Node's `ws`); mini programs and browsers do not.
@@ -96,6 +116,20 @@
     }
   }
 
+  /** The longest start of `text` that fits in `max` UTF-8 bytes, never splitting a character. */
+  function cutUtf8 (text, max) {
+    let bytes = 0
+    for (let i = 0; i < text.length; i++) {
+      const c = text.charCodeAt(i)
+      const pair = c >= 0xd800 && c <= 0xdbff && i + 1 < text.length
+      const size = c < 0x80 ? 1 : c < 0x800 ? 2 : pair ? 4 : 3
+      if (bytes + size > max) return text.slice(0, i)
+      bytes += size
+      if (pair) i++
+    }
+    return text
+  }
+
   function noop () {}
 
   /**
@@ -126,7 +160,8 @@
       this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
       const backoff = options.backoff || {}
       this._initialMs = positive(backoff.initialMs, 500)
-      this._maxMs = Math.max(this._initialMs, positive(backoff.maxMs, 30000))
+      // Capped low: after an outage a phone should be back within about 2 s of the server.
+      this._maxMs = Math.max(this._initialMs, positive(backoff.maxMs, 2000))
 
       this._state = 'idle'
       /** connect() was called and close() was not: losses are repaired, app show resumes. */
@@ -141,6 +176,10 @@
       this._tokenStale = false
       /** Connection attempts that failed in a row (reset by the first frame a connection receives). */
       this._failures = 0
+      /** The token was renewed because handshakes kept failing; not again until a socket opens. */
+      this._renewedForFailures = false
+      /** The server's clock minus this device's (from `pong.ts`), null until a pong came. */
+      this._clockOffsetMs = null
       this._reconnectTimer = null
       this._pingTimer = null
       this._deadTimer = null
@@ -212,16 +251,10 @@
         this._subs.set(userId, sub)
       }
       sub.onReading = onReading
+      // No timeout: the subscription lives until unsubscribe() or close(), through any outage
+      // or time in the background; its subscribe frame is sent again until the server answers.
       return new Promise(function (resolve, reject) {
-        const waiter = { resolve, reject, timer: null }
-        waiter.timer = setTimeout(function () {
-          const i = sub.waiters.indexOf(waiter)
-          if (i === -1) return
-          sub.waiters.splice(i, 1)
-          reject(clientError('timeout', 'no answer to subscribe within ' + self._requestTimeoutMs + ' ms'))
-          if (!sub.confirmed && sub.waiters.length === 0 && self._subs.get(userId) === sub) self._cancelSub(sub)
-        }, self._requestTimeoutMs)
-        sub.waiters.push(waiter)
+        sub.waiters.push({ resolve, reject })
         if (self._state === 'open' && sub.reqId === null) self._sendSubscribe(sub)
       })
     }
@@ -265,29 +298,32 @@
 
     // ---- requests ----
 
-    /** Sends a frame with a reqId and settles with its reply; queued while (re)connecting. */
+    /**
+     * Sends a frame with a reqId and settles with its reply. While the client is started but not
+     * open (connecting, reconnecting, the app hidden) it waits for the next socket; the timeout
+     * runs only once it is sent.
+     */
     _request (frame) {
       const self = this
       if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
-      if (this._state === 'idle') {
-        return Promise.reject(clientError('not_connected', 'not connected: call connect() (or wait for the app to show)'))
-      }
+      if (!this._started) return Promise.reject(clientError('not_connected', 'not connected: call connect() first'))
       return new Promise(function (resolve, reject) {
         const reqId = self._nextReqId++
         frame.reqId = reqId
-        const req = { frame, resolve, reject, sent: false, timer: null }
-        req.timer = setTimeout(function () {
-          if (self._requests.get(reqId) !== req) return
-          self._requests.delete(reqId)
-          reject(clientError('timeout', 'no answer to ' + frame.type + ' within ' + self._requestTimeoutMs + ' ms'))
-        }, self._requestTimeoutMs)
-        self._requests.set(reqId, req)
-        if (self._state === 'open') self._sendRequest(req)
+        self._requests.set(reqId, { frame, resolve, reject, sent: false, timer: null })
+        if (self._state === 'open') self._sendRequest(reqId)
       })
     }
 
-    _sendRequest (req) {
+    _sendRequest (reqId) {
+      const req = this._requests.get(reqId)
+      const self = this
       req.sent = true
+      req.timer = setTimeout(function () {
+        if (self._requests.get(reqId) !== req) return
+        self._requests.delete(reqId)
+        req.reject(clientError('timeout', 'no answer to ' + req.frame.type + ' within ' + self._requestTimeoutMs + ' ms'))
+      }, this._requestTimeoutMs)
       this._send(req.frame)
     }
 
@@ -297,7 +333,7 @@
       const frame = { type: 'subscribe', userId: sub.userId, reqId }
       if (sub.lastId !== null) frame.since = sub.lastId
       const self = this
-      // A resubscription has no caller waiting on a timer of its own: this one tries it again.
+      // Unanswered on an open socket: sent again, never given up (the subscription outlives any timeout).
       const req = { frame, sub, sent: true, timer: null }
       req.timer = setTimeout(function () {
         if (self._requests.get(reqId) !== req) return
@@ -312,17 +348,7 @@
     _rejectWaiters (sub, err) {
       const waiters = sub.waiters
       sub.waiters = []
-      for (let i = 0; i < waiters.length; i++) {
-        clearTimeout(waiters[i].timer)
-        waiters[i].reject(err)
-      }
-    }
-
-    /** Forgets a subscription the server may still hold (its subscribe went unanswered). */
-    _cancelSub (sub) {
-      this._subs.delete(sub.userId)
-      clearTimeout(sub.retryTimer)
-      if (this._state === 'open') this._send({ type: 'unsubscribe', userId: sub.userId })
+      for (let i = 0; i < waiters.length; i++) waiters[i].reject(err)
     }
 
     // ---- frames ----
@@ -330,10 +356,14 @@
     _send (frame) {
       const task = this._task
       if (task === null) return
+      const self = this
+      const gen = this._gen
+      // WeChat may never report a socket that died (no onClose): a failed send is the first sign.
+      const fail = function (res) { self._lost(gen, CloseCode.ABNORMAL, (res && res.errMsg) || 'send failed', true) }
       try {
-        task.send({ data: JSON.stringify(frame), fail: noop })
+        task.send({ data: JSON.stringify(frame), fail })
       } catch (err) {
-        // A task that throws is on its way out: its close (or the dead-connection timer) follows.
+        fail({ errMsg: err && err.message })
       }
     }
 
@@ -349,6 +379,11 @@
       // The server answers: connection attempts are no longer failing.
       this._failures = 0
       switch (frame.type) {
+        case 'pong':
+          // Token expiry is judged by the server's clock: a phone's may be minutes off.
+          if (typeof frame.ts === 'number') this._clockOffsetMs = frame.ts - Date.now()
+          this._onReply(frame)
+          return
         case 'reading':
           this._deliver(frame)
           return
@@ -413,10 +448,7 @@
       sub.confirmed = true
       const waiters = sub.waiters
       sub.waiters = []
-      for (let i = 0; i < waiters.length; i++) {
-        clearTimeout(waiters[i].timer)
-        waiters[i].resolve(result)
-      }
+      for (let i = 0; i < waiters.length; i++) waiters[i].resolve(result)
       if (wasConfirmed && waiters.length === 0) {
         try {
           this._onResubscribed(sub.userId, result)
@@ -503,7 +535,8 @@
       const gen = ++this._gen
       const self = this
       const exp = tokenExp(this._token)
-      const expired = this._tokenStale || (exp !== null && exp * 1000 <= Date.now())
+      const now = Date.now() + (this._clockOffsetMs === null ? 0 : this._clockOffsetMs)
+      const expired = this._tokenStale || (exp !== null && exp * 1000 <= now)
       if (!expired) {
         this._openSocket(gen)
         return
@@ -535,7 +568,14 @@
         task = this._wx.connectSocket({
           url: this._url,
           header: { Authorization: 'Bearer ' + this._token },
-          fail: function (res) { self._lost(gen, CloseCode.ABNORMAL, res && res.errMsg, true) }
+          fail: function (res) {
+            const errMsg = (res && res.errMsg) || ''
+            // Not retried: no socket frees up by waiting while this app holds five (see README).
+            const fatal = errMsg.indexOf(TOO_MANY_SOCKETS) === -1
+              ? null
+              : clientError('too_many_sockets', 'connectSocket failed: ' + errMsg + ' (a mini program may have 5 sockets: use one client per app)')
+            self._lost(gen, CloseCode.ABNORMAL, errMsg, true, null, fatal)
+          }
         })
       } catch (err) {
         this._lost(gen, CloseCode.ABNORMAL, err && err.message, false)
@@ -568,13 +608,16 @@
 
     _opened () {
       this._taskOpened = true
+      this._renewedForFailures = false
       this._setState('open')
       const self = this
+      // The first ping at once: its pong gives the server's clock before the token is next judged.
+      this._send({ type: 'ping' })
       this._pingTimer = setInterval(function () { self._send({ type: 'ping' }) }, this._pingIntervalMs)
       this._armDeadTimer()
       // Not twice: onStateChange('open') above may have subscribed already.
       this._subs.forEach(function (sub) { if (sub.reqId === null) self._sendSubscribe(sub) })
-      this._requests.forEach(function (req) { if (!req.sent) self._sendRequest(req) })
+      this._requests.forEach(function (req, reqId) { if (!req.sent) self._sendRequest(reqId) })
     }
 
     /** Restarts the timer that declares the connection dead when nothing arrives. */
@@ -590,7 +633,7 @@
     _closeTask (task, reason) {
       try {
         // Mini programs (like browsers) may only close with 1000 or 3000-4999.
-        task.close({ code: CloseCode.NORMAL, reason: reason.slice(0, 100), fail: noop })
+        task.close({ code: CloseCode.NORMAL, reason: cutUtf8(reason, CLOSE_REASON_MAX_BYTES), fail: noop })
       } catch (err) {
         // Already closed or closing.
       }
@@ -625,9 +668,10 @@
 
     /**
      * The socket of generation `gen` ended with `code` (`refusal`: the HTTP status and body of a
-     * refused handshake, where the platform reports them): reconnect as that code asks, or stop.
+     * refused handshake, where the platform reports them; `fatal`: an error that ends the client):
+     * reconnect as that code asks, or stop.
      */
-    _lost (gen, code, reason, closeIt, refusal) {
+    _lost (gen, code, reason, closeIt, refusal, fatal) {
       if (gen !== this._gen) return
       if (!closeIt) this._task = null
       const opened = this._taskOpened
@@ -635,7 +679,9 @@
       if (!this._started || this._hidden) return
       let final = null
       let delay = null
-      if (code === CloseCode.TOKEN_EXPIRED) {
+      if (fatal) {
+        final = fatal
+      } else if (code === CloseCode.TOKEN_EXPIRED) {
         if (this._onTokenExpired === null) {
           final = clientError('token_expired', 'the token expired and there is no onTokenExpired to renew it')
         } else {
@@ -647,8 +693,8 @@
         final.status = refusal.status
         final.body = refusal.body
       } else if (code === CloseCode.GOING_AWAY && this._failures === 0) {
-        // The server is shutting down: another instance (or its replacement) answers at once.
-        delay = 0
+        // The server is shutting down: another instance (or its replacement) answers soon.
+        delay = Math.random() * GOING_AWAY_SPREAD_MS
       } else if (code === CloseCode.POLICY || code === CloseCode.TOO_BIG) {
         // The server objected to what this client sent: retrying quickly would only repeat it.
         delay = this._maxMs / 2 + Math.random() * this._maxMs / 2
@@ -657,6 +703,11 @@
         delay = base / 2 + Math.random() * base / 2
       } else {
         delay = this._backoffDelay(this._failures)
+        if (!opened && !refusal && !this._renewedForFailures && this._onTokenExpired !== null && this._failures + 1 >= RENEW_AFTER_FAILURES) {
+          // Maybe a token the server's clock says has expired: ask for a new one, once per streak.
+          this._renewedForFailures = true
+          this._tokenStale = true
+        }
       }
       const info = { code, reason: reason ? String(reason) : '', opened, retryInMs: delay }
       if (refusal) {

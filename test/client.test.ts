@@ -4,36 +4,21 @@
  * Redis restarting, the token expiring, the network dropping or going silent, the app going to the
  * background. Every reading posted must reach the app once, in order.
  *
- * The client is loaded as a mini program loads it: a CommonJS script in a context that has timers
- * and the language's built-ins, and nothing of Node (no require, process, Buffer) or of a browser.
+ * The client is loaded as a mini program loads it (test/client-loader.ts).
  * Each fault runs three times: on the shim's own SocketTask (a mini program), and through
  * client/ws-adapter.js over `ws` (the CLI's watch) and over a WebSocket that takes no headers (the
  * demo page in a browser), the adapter loaded the same way.
  */
 import t, { type Test } from 'tap'
-import { readFileSync } from 'node:fs'
-import vm from 'node:vm'
 import { WebSocketServer } from 'ws'
-import type * as HeartClientModule from '../client/heart-client.js'
 import type { DisconnectInfo, HeartClient as HeartClientType, HeartClientError, HeartClientOptions, Reading } from '../client/heart-client.js'
 import { RedisServer, eventually, postReading, sharedRedis, sleep, startServer, token, uniquePrefix, within, type ServerProcess } from './helper.js'
 import { WxShim, type Adapter } from './wx-shim.js'
+import { loadClient, loadScript } from './client-loader.js'
 
 const KEY = 'client-test-key'
 /** Small delays so reconnects are quick; close codes that ask for more are tested below. */
 const FAST_BACKOFF = { initialMs: 50, maxMs: 300 }
-
-function loadScript (file: string, globals: Record<string, unknown> = {}): unknown {
-  const source = readFileSync(new URL(`../client/${file}`, import.meta.url), 'utf8')
-  const module = { exports: {} }
-  const context = vm.createContext({ module, exports: module.exports, setTimeout, clearTimeout, setInterval, clearInterval, console, ...globals })
-  vm.runInContext(source, context, { filename: `client/${file}` })
-  return module.exports
-}
-
-function loadClient (globals: Record<string, unknown> = {}): typeof HeartClientModule {
-  return loadScript('heart-client.js', globals) as typeof HeartClientModule
-}
 
 const { HeartClient } = loadClient()
 const { wxFromWebSocket } = loadScript('ws-adapter.js') as Pick<Adapter, 'wxFromWebSocket'>
@@ -365,12 +350,13 @@ each('app hide and show: the socket closes in the background and the readings of
   t.ok(await eventually(() => shim.tasks[0].closed !== null, 2000))
   t.match(shim.tasks[0].closedByClient, { code: 1000, reason: 'app hidden' })
   posted.push(await post(server, u, 111), await post(server, u, 112))
-  await t.rejects(client.get(u), { code: 'not_connected' })
+  const whileHidden = client.get(u)
   await sleep(400)
   t.equal(shim.tasks.length, 1, 'no connection attempt while hidden')
 
   shim.show()
   t.ok(await eventually(() => client.state === 'open', 5000))
+  t.match(await within(whileHidden, 5000, 'get'), { bpm: 112 }, 'a get while hidden is answered after show')
   posted.push(await post(server, u, 113))
   t.ok(await seen.count(posted.length))
   await sleep(200)
@@ -459,7 +445,7 @@ each('an error after subscribed (a replay the store cut short) is resumed with s
   t.equal(shim.tasks.length, 1, 'on the same socket')
 })
 
-each('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back off to the max, 4001 without onTokenExpired closes', async (t, f) => {
+each('close codes: 1001 reconnects within 2 s, 1013 backs off, 1008 and 1009 back off to the max, 4001 without onTokenExpired closes', async (t, f) => {
   const codes = [1001, 1013, 1008, 1009, 4001]
   const connections: Array<{ at: number, code: number }> = []
   const { wss, url } = await scriptedServer(t)
@@ -484,14 +470,14 @@ each('close codes: 1001 reconnects at once, 1013 backs off, 1008 and 1009 back o
   t.same(connections.map((c) => c.code), codes, 'no connection after the 4001')
   const gap = (i: number): number => connections[i + 1].at - connections[i].at
   // Lower bounds are what the client promises; upper ones leave room for a loaded machine.
-  t.ok(gap(0) < 250, `1001: at once (${gap(0)} ms)`)
+  t.ok(gap(0) <= 2250, `1001: within the 2 s spread (${gap(0)} ms)`)
   t.ok(gap(1) >= 390 && gap(1) <= 2000, `1013: backed off (${gap(1)} ms)`)
   t.ok(gap(2) >= 490 && gap(2) <= 2500, `1008: half the max or more (${gap(2)} ms)`)
   t.ok(gap(3) >= 490 && gap(3) <= 2500, `1009: half the max or more (${gap(3)} ms)`)
   t.same(errors, ['token_expired'])
   t.match(disconnects, codes.map((code) => ({ code, reason: 'scripted', opened: true })), 'onDisconnect hears of every close, with its code and reason')
   t.same(disconnects.map((d) => d.retryInMs === null), [false, false, false, false, true], 'with when it reconnects, and null for the 4001 it does not')
-  t.equal(disconnects[0].retryInMs, 0, '1001: at once')
+  t.ok((disconnects[0].retryInMs ?? -1) >= 0 && (disconnects[0].retryInMs ?? 3000) <= 2000, `1001: a random delay of 0-2 s (${disconnects[0].retryInMs} ms)`)
 })
 
 each('since: a new subscription starts after the given id; a malformed one is refused', async (t, f) => {

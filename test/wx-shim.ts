@@ -1,14 +1,21 @@
+/// <reference path="./wechat-typings.d.ts" />
 /**
- * A `wx` for Node tests, on top of the `ws` package, following the documented mini-program API:
- * `wx.connectSocket({ url, header, timeout, success, fail, complete })` returning a SocketTask
- * (`onOpen`, `onMessage({ data })`, `onClose({ code, reason })`, `onError({ errMsg })`,
- * `send({ data, success, fail, complete })`, `close({ code, reason, success, fail, complete })`),
- * and `onAppHide`/`onAppShow`/`offAppHide`/`offAppShow`. Callbacks run asynchronously, as in WeChat.
+ * A `wx` for Node tests, on top of the `ws` package, typed against the official mini-program
+ * typings (miniprogram-api-typings: `WechatMiniprogram.SocketTask`, `ConnectSocketOption`, …) and
+ * behaving as WeChat's documentation says: `connectSocket` returns a SocketTask, callbacks run
+ * asynchronously, then `complete`; at most 5 sockets at once (the sixth `connectSocket` fails with
+ * `exceed max task count`, with no onError); `SocketTask.close` fails on a code other than 1000 or
+ * 3000–4999 and on a reason longer than 123 UTF-8 bytes (the socket then stays open, holding its
+ * place); a refused handshake is only `onError` + `onClose(1006)`, with no HTTP status;
+ * `SocketTask.send` on a socket that is gone calls `fail`. Also `onAppHide`/`onAppShow`/
+ * `offAppHide`/`offAppShow`.
  *
  * Faults: `hide()`/`show()` play the app going to the background and back; `networkDown()` drops
  * every socket without a close frame (the client sees 1006) and fails new connections until
  * `networkUp()`; `stall()` silences open sockets without closing them (nothing in, nothing out:
- * only a dead-connection timer notices).
+ * only a dead-connection timer notices); a task's `sever()` is a connection that died without
+ * WeChat reporting it (no onClose; only `send` fails), and `reportError(errMsg)` an onError on an
+ * open socket.
  *
  * With an adapter (`new WxShim({ wxFromWebSocket, browser })`), the sockets are those of
  * client/ws-adapter.js over `ws`, as the CLI's watch makes them, or over a WebSocket that takes
@@ -17,29 +24,16 @@
 import { WebSocket, type ClientOptions, type RawData } from 'ws'
 import type { Socket } from 'node:net'
 
-interface Result { errMsg: string }
+type Result = WechatMiniprogram.GeneralCallbackResult
 type Callback<T> = (res: T) => void
 
-export interface CallbackOptions<T = Result> {
-  success?: Callback<T>
-  fail?: Callback<Result>
-  complete?: Callback<Result>
-}
+/** Sockets a mini program may have open at once. */
+export const MAX_SOCKETS = 5
 
-export interface ConnectSocketOptions extends CallbackOptions {
-  url: string
-  header?: Record<string, string>
-  protocols?: string[]
-  timeout?: number
-}
-
-export interface SendOptions extends CallbackOptions {
-  data: string | ArrayBuffer
-}
-
-export interface CloseOptions extends CallbackOptions {
-  code?: number
-  reason?: string
+interface CallbackOptions {
+  success?: (res: Result) => void
+  fail?: (res: Result) => void
+  complete?: (res: Result) => void
 }
 
 /** A SocketTask as client/ws-adapter.js makes it. */
@@ -48,19 +42,19 @@ interface AdapterTask {
   onMessage (listener: Callback<{ data: string | ArrayBuffer }>): void
   onClose (listener: Callback<{ code: number, reason: string }>): void
   onError (listener: Callback<Result>): void
-  send (opts: SendOptions): void
-  close (opts: CloseOptions): void
+  send (opts: WechatMiniprogram.SocketTaskSendOption): void
+  close (opts: WechatMiniprogram.SocketTaskCloseOption): void
 }
 
 export interface Adapter {
   /** client/ws-adapter.js's export. */
-  wxFromWebSocket: (WebSocketCtor: new (url: string, options?: ClientOptions) => WebSocket, options?: { tokenInQuery?: boolean }) => { connectSocket (opts: ConnectSocketOptions): AdapterTask }
+  wxFromWebSocket: (WebSocketCtor: new (url: string, options?: ClientOptions) => WebSocket, options?: { tokenInQuery?: boolean }) => { connectSocket (opts: WechatMiniprogram.ConnectSocketOption): AdapterTask }
   /** A browser's WebSocket: no handshake headers, so the token goes in the URL. */
   browser: boolean
 }
 
 /** The adapter's `wx`, over a WebSocket class that records the sockets it makes (for the faults). */
-function adapterWx (adapter: Adapter, created: WebSocket[]): { connectSocket (opts: ConnectSocketOptions): AdapterTask } {
+function adapterWx (adapter: Adapter, created: WebSocket[]): { connectSocket (opts: WechatMiniprogram.ConnectSocketOption): AdapterTask } {
   const browser = adapter.browser
   class Recorded extends WebSocket {
     constructor (url: string, options?: ClientOptions) {
@@ -73,7 +67,7 @@ function adapterWx (adapter: Adapter, created: WebSocket[]): { connectSocket (op
 }
 
 /** Runs the callbacks of a wx API call the way WeChat does: later, then `complete`. */
-function settle<T extends Result> (opts: CallbackOptions<T> | undefined, ok: boolean, res: T): void {
+function settle (opts: CallbackOptions | undefined, ok: boolean, res: Result): void {
   setImmediate(() => {
     if (ok) opts?.success?.(res)
     else opts?.fail?.(res)
@@ -81,48 +75,61 @@ function settle<T extends Result> (opts: CallbackOptions<T> | undefined, ok: boo
   })
 }
 
+const NO_PROFILE: WechatMiniprogram.SocketProfile = { connectEnd: 0, connectStart: 0, cost: 0, domainLookUpEnd: 0, domainLookUpStart: 0, fetchStart: 0, handshakeCost: 0, rtt: 0 }
+
 /** Codes a mini program (like a browser) may close with. */
 function closeCodeAllowed (code: number): boolean {
   return code === 1000 || (code >= 3000 && code <= 4999)
 }
 
-export class ShimSocketTask {
+export class ShimSocketTask implements WechatMiniprogram.SocketTask {
   private readonly listeners = {
-    open: [] as Array<Callback<{ header: Record<string, string> }>>,
-    message: [] as Array<Callback<{ data: string | ArrayBuffer }>>,
-    close: [] as Array<Callback<{ code: number, reason: string }>>,
-    error: [] as Array<Callback<Result>>
+    open: [] as WechatMiniprogram.OnOpenCallback[],
+    message: [] as WechatMiniprogram.SocketTaskOnMessageCallback[],
+    close: [] as WechatMiniprogram.SocketTaskOnCloseCallback[],
+    error: [] as WechatMiniprogram.UDPSocketOnErrorCallback[]
   }
 
   /** How it ended, as onClose reported it; null while it lasts. */
   closed: { code: number, reason: string } | null = null
-  /** What the client asked close() for, if it did, and when. */
+  /** What the client asked close() for, if it did (and close succeeded), and when. */
   closedByClient: { code: number, reason: string, at: number } | null = null
+  /** Every close() that failed, with WeChat's errMsg. */
+  readonly closeFailures: string[] = []
+  /** When connectSocket made it. */
+  readonly createdAt = Date.now()
   /** When the last frame was handed to the client. */
   receivedAt = 0
   /** Every frame the client sent (or tried to), in order. */
   readonly sent: string[] = []
   stalled = false
+  /** Dead without WeChat saying so: nothing arrives, sends fail, no onClose. */
+  severed = false
   readonly ws: WebSocket | null
   /** The adapter's task this one records, when the shim has an adapter. */
   private readonly inner: AdapterTask | null = null
+  /** A task whose connectSocket failed: it never does anything, and holds no place. */
+  readonly inert: boolean
 
-  constructor (readonly url: string, readonly header: Record<string, string>, offline: boolean, timeout?: number, viaAdapter?: { wx: ReturnType<typeof adapterWx>, created: WebSocket[] }) {
-    if (offline) {
+  constructor (readonly url: string, readonly header: Record<string, string>, mode: 'live' | 'offline' | 'inert', timeout?: number, viaAdapter?: { wx: ReturnType<typeof adapterWx>, created: WebSocket[] }) {
+    this.inert = mode === 'inert'
+    if (mode !== 'live') {
       this.ws = null
-      setImmediate(() => {
-        this.emit('error', { errMsg: 'connectSocket:fail network is down' })
-        this.ended(1006, 'abnormal closure')
-      })
+      if (mode === 'offline') {
+        setImmediate(() => {
+          this.emit('error', { errMsg: 'connectSocket:fail network is down' })
+          this.ended(1006, 'abnormal closure')
+        })
+      }
       return
     }
     if (viaAdapter !== undefined) {
       const inner = viaAdapter.wx.connectSocket({ url, header })
       this.inner = inner
       this.ws = viaAdapter.created.at(-1) ?? null
-      inner.onOpen((res) => this.emit('open', res))
+      inner.onOpen((res) => this.emit('open', { header: res.header, profile: NO_PROFILE }))
       inner.onMessage((res) => {
-        if (this.stalled) return
+        if (this.stalled || this.severed) return
         this.receivedAt = Date.now()
         this.emit('message', res)
       })
@@ -132,15 +139,16 @@ export class ShimSocketTask {
     }
     const ws = new WebSocket(url, { headers: header, handshakeTimeout: timeout ?? 60000 })
     this.ws = ws
-    ws.on('open', () => this.emit('open', { header: {} }))
+    ws.on('open', () => this.emit('open', { header: {}, profile: NO_PROFILE }))
     ws.on('message', (data: RawData, isBinary: boolean) => {
-      if (this.stalled) return
+      if (this.stalled || this.severed) return
       this.receivedAt = Date.now()
       const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
       this.emit('message', { data: isBinary ? buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) : buf.toString() })
     })
-    // ws follows every error (a refused upgrade included) with 'close'.
-    ws.on('error', (err) => this.emit('error', { errMsg: `WebSocket error: ${err.message}` }))
+    // ws follows every error (a refused upgrade included) with 'close'. WeChat's errMsg of a
+    // refused handshake carries no HTTP status, so neither does this one.
+    ws.on('error', () => this.emit('error', { errMsg: ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED ? 'WebSocket connection failed' : 'WebSocket error' }))
     ws.on('close', (code, reason) => this.ended(code, String(reason)))
   }
 
@@ -151,22 +159,28 @@ export class ShimSocketTask {
   private ended (code: number, reason: string): void {
     if (this.closed !== null) return
     this.closed = { code, reason }
+    if (this.severed) return
     this.emit('close', this.closed)
   }
 
-  onOpen (listener: Callback<{ header: Record<string, string> }>): void { this.listeners.open.push(listener) }
-  onMessage (listener: Callback<{ data: string | ArrayBuffer }>): void { this.listeners.message.push(listener) }
-  onClose (listener: Callback<{ code: number, reason: string }>): void { this.listeners.close.push(listener) }
-  onError (listener: Callback<Result>): void { this.listeners.error.push(listener) }
+  onOpen (listener: WechatMiniprogram.OnOpenCallback): void { this.listeners.open.push(listener) }
+  onMessage (listener: WechatMiniprogram.SocketTaskOnMessageCallback): void { this.listeners.message.push(listener) }
+  onClose (listener: WechatMiniprogram.SocketTaskOnCloseCallback): void { this.listeners.close.push(listener) }
+  onError (listener: WechatMiniprogram.UDPSocketOnErrorCallback): void { this.listeners.error.push(listener) }
 
   get open (): boolean {
     return this.ws?.readyState === WebSocket.OPEN
   }
 
-  send (opts: SendOptions): void {
+  /** Whether it takes one of the mini program's 5 places: until it has ended. */
+  get holdsPlace (): boolean {
+    return !this.inert && this.closed === null
+  }
+
+  send (opts: WechatMiniprogram.SocketTaskSendOption): void {
     if (typeof opts.data === 'string') this.sent.push(opts.data)
     const ws = this.ws
-    if (ws === null || ws.readyState !== WebSocket.OPEN) {
+    if (ws === null || ws.readyState !== WebSocket.OPEN || this.severed) {
       settle(opts, false, { errMsg: 'sendSocketMessage:fail WebSocket is not connected' })
       return
     }
@@ -182,23 +196,24 @@ export class ShimSocketTask {
     ws.send(opts.data, (err) => settle(opts, err == null, { errMsg: err == null ? 'sendSocketMessage:ok' : `sendSocketMessage:fail ${err.message}` }))
   }
 
-  close (opts: CloseOptions = {}): void {
+  close (opts: WechatMiniprogram.SocketTaskCloseOption): void {
     const code = opts.code ?? 1000
-    if (!closeCodeAllowed(code)) {
-      settle(opts, false, { errMsg: `closeSocket:fail The code must be either 1000, or between 3000 and 4999. ${code} is neither.` })
-      return
-    }
-    if (opts.reason !== undefined && Buffer.byteLength(opts.reason) > 123) {
-      settle(opts, false, { errMsg: 'closeSocket:fail The message must not be greater than 123 bytes.' })
+    let failure: string | null = null
+    if (!closeCodeAllowed(code)) failure = `closeSocket:fail The code must be either 1000, or between 3000 and 4999. ${code} is neither.`
+    else if (opts.reason !== undefined && Buffer.byteLength(opts.reason) > 123) failure = 'closeSocket:fail The message must not be greater than 123 bytes.'
+    if (failure !== null) {
+      this.closeFailures.push(failure)
+      settle(opts, false, { errMsg: failure })
       return
     }
     this.closedByClient ??= { code, reason: opts.reason ?? '', at: Date.now() }
     const ws = this.ws
-    // A stalled network would never carry the close handshake: give the socket up locally.
-    if (ws !== null && this.stalled) ws.terminate()
+    // A stalled or severed network would never carry the close handshake: give the socket up locally.
+    if (ws !== null && (this.stalled || this.severed)) ws.terminate()
     else if (this.inner !== null) this.inner.close({ code, reason: opts.reason })
     else if (ws !== null && ws.readyState === WebSocket.CONNECTING) ws.terminate()
     else ws?.close(code, opts.reason)
+    if (ws === null) this.ended(code, opts.reason ?? '')
     settle(opts, true, { errMsg: 'closeSocket:ok' })
   }
 
@@ -212,12 +227,25 @@ export class ShimSocketTask {
     this.stalled = true
     this.ws?.pause()
   }
+
+  /** The connection died and WeChat never says so: no onClose, no onError; sends fail. */
+  sever (): void {
+    this.severed = true
+    this.ws?.pause()
+  }
+
+  /** WeChat reports an error on the open socket, which stays open. */
+  reportError (errMsg: string): void {
+    this.emit('error', { errMsg })
+  }
 }
 
-export class WxShim {
+export class WxShim implements Pick<WechatMiniprogram.Wx, 'connectSocket' | 'onAppHide' | 'offAppHide' | 'onAppShow' | 'offAppShow'> {
   readonly tasks: ShimSocketTask[] = []
-  private readonly hideListeners = new Set<() => void>()
-  private readonly showListeners = new Set<() => void>()
+  /** connectSocket calls refused with `exceed max task count`. */
+  refusedConnects = 0
+  private readonly hideListeners = new Set<WechatMiniprogram.OnAppHideCallback>()
+  private readonly showListeners = new Set<WechatMiniprogram.OnAppShowCallback>()
   private offline = false
   private readonly viaAdapter: { wx: ReturnType<typeof adapterWx>, created: WebSocket[] } | undefined
 
@@ -227,22 +255,40 @@ export class WxShim {
     this.viaAdapter = { wx: adapterWx(adapter, created), created }
   }
 
-  connectSocket (opts: ConnectSocketOptions): ShimSocketTask {
+  connectSocket (opts: WechatMiniprogram.ConnectSocketOption): WechatMiniprogram.SocketTask {
+    const header = (opts.header ?? {}) as Record<string, string>
     if (!/^wss?:\/\//.test(opts.url)) {
       settle(opts, false, { errMsg: `connectSocket:fail invalid url "${opts.url}"` })
       // WeChat still returns a task; it never opens.
-      return new ShimSocketTask(opts.url, opts.header ?? {}, true)
+      return new ShimSocketTask(opts.url, header, 'inert')
     }
-    const task = new ShimSocketTask(opts.url, opts.header ?? {}, this.offline, opts.timeout, this.viaAdapter)
+    if (this.places >= MAX_SOCKETS) {
+      this.refusedConnects++
+      settle(opts, false, { errMsg: 'connectSocket:fail exceed max task count' })
+      return new ShimSocketTask(opts.url, header, 'inert')
+    }
+    const task = new ShimSocketTask(opts.url, header, this.offline ? 'offline' : 'live', opts.timeout, this.viaAdapter)
     this.tasks.push(task)
     settle(opts, true, { errMsg: 'connectSocket:ok' })
     return task
   }
 
-  onAppHide (listener: () => void): void { this.hideListeners.add(listener) }
-  offAppHide (listener: () => void): void { this.hideListeners.delete(listener) }
-  onAppShow (listener: () => void): void { this.showListeners.add(listener) }
-  offAppShow (listener: () => void): void { this.showListeners.delete(listener) }
+  /** Sockets holding one of the 5 places. */
+  get places (): number {
+    return this.tasks.filter((task) => task.holdsPlace).length
+  }
+
+  onAppHide (listener: WechatMiniprogram.OnAppHideCallback): void { this.hideListeners.add(listener) }
+  offAppHide (listener?: WechatMiniprogram.OffAppHideCallback): void {
+    if (listener === undefined) this.hideListeners.clear()
+    else this.hideListeners.delete(listener as unknown as WechatMiniprogram.OnAppHideCallback)
+  }
+
+  onAppShow (listener: WechatMiniprogram.OnAppShowCallback): void { this.showListeners.add(listener) }
+  offAppShow (listener?: WechatMiniprogram.OffAppShowCallback): void {
+    if (listener === undefined) this.showListeners.clear()
+    else this.showListeners.delete(listener as unknown as WechatMiniprogram.OnAppShowCallback)
+  }
 
   get appListeners (): { hide: number, show: number } {
     return { hide: this.hideListeners.size, show: this.showListeners.size }
@@ -250,12 +296,14 @@ export class WxShim {
 
   /** The user switched away from the mini program. */
   hide (): void {
-    for (const listener of [...this.hideListeners]) listener()
+    for (const listener of [...this.hideListeners]) listener({ reason: 0 })
   }
 
   /** The user came back. */
   show (): void {
-    for (const listener of [...this.showListeners]) listener()
+    // The client reads nothing of the launch options: the fields the test knows are enough.
+    const options = { path: 'pages/index/index', query: {}, scene: 1001 } as unknown as WechatMiniprogram.LaunchOptionsApp
+    for (const listener of [...this.showListeners]) listener(options)
   }
 
   /** The last task created (the client's current socket, usually). */
