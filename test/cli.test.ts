@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { WebSocket } from 'ws'
 import { HeartModel } from '../src/cli/heart-model.js'
-import { Frames, ROOT, TEST_SECRET, build, eventually, freePort, startServer, token, type ServerProcess } from './helper.js'
+import { Frames, ROOT, TEST_SECRET, bearer, build, eventually, freePort, openWebSocket, startServer, token, type ServerProcess } from './helper.js'
 
 const KEY = 'cli-test-key'
 const SERVER_ENV = { INGEST_API_KEYS: KEY }
@@ -298,11 +298,82 @@ t.test('against a running server', async (t) => {
     t.match(cli.stdout.join('\n'), /sent \d+ readings for 2 users in [\d.]+ s \([\d.]+ readings\/s\), 0 errors/)
   })
 
+  t.test('simulate --episode high: normal readings, a run well above 120 for --episode-for, then normal again', async (t) => {
+    const { code, stdout, stderr } = await run(t, ['simulate', '--users', '2', '--rate', '20', '--duration', '7', '--episode', 'high', '--episode-for', '2s', '--url', server.url, '--key', KEY, '--prefix', 'eph-'], {}, 30_000)
+    t.equal(code, 0, stderr)
+    t.match(stdout, /sent \d+ readings for 2 users .*, 0 errors$/)
+    const runs = phases(await history(server, 'eph-1'), (bpm) => bpm > 120)
+    t.same(runs.map((r) => r.crossed), [false, true, false], `normal, high, normal (${describe(runs)})`)
+    const [before, episode, after] = runs
+    t.ok(before.bpms.every((b) => b <= 100), 'at rest before it')
+    t.ok(before.to - before.from >= 2500, `about 3 s of normal readings first (${before.to - before.from} ms)`)
+    t.ok(episode.bpms.every((b) => b >= 140 && b <= 160), `around 150 during it: clear of 120 and of its hysteresis (${episode.bpms.join(' ')})`)
+    t.ok(episode.bpms.length >= 18 && episode.bpms.length <= 21, `for 2 s at 10 Hz (${episode.bpms.length} readings)`)
+    t.ok(after.bpms.every((b) => b <= 100), 'back at rest after it')
+    t.match(stderr, /heart-gateway simulate: eph-1: high episode from \d\d:\d\d:\d\d\.\d{3}, readings around 150 bpm for 2 s/)
+    t.match(stderr, /heart-gateway simulate: eph-1: episode over at \d\d:\d\d:\d\d\.\d{3}, back to normal/)
+    t.ok((await history(server, 'eph-2')).every((r) => r.bpm <= 120), 'only the first user has it')
+  })
+
+  t.test('simulate --episode low --dropout: a run well below 45, then normal, then a gap of the dropout\'s length', async (t) => {
+    const { code, stderr } = await run(t, ['simulate', '--users', '1', '--rate', '10', '--duration', '10', '--episode', 'low', '--episode-for', '1.5s', '--dropout', '1s', '--url', server.url, '--key', KEY, '--prefix', 'epl-'], {}, 30_000)
+    t.equal(code, 0, stderr)
+    const readings = await history(server, 'epl-1')
+    const runs = phases(readings, (bpm) => bpm < 45)
+    t.same(runs.map((r) => r.crossed), [false, true, false], `normal, low, normal (${describe(runs)})`)
+    t.ok(runs[1].bpms.every((b) => b >= 34 && b <= 42), `around 38 during it (${runs[1].bpms.join(' ')})`)
+    t.ok(runs[1].bpms.length >= 13 && runs[1].bpms.length <= 16, `for 1.5 s (${runs[1].bpms.length} readings)`)
+    const gaps = readings.slice(1).map((r, i) => ({ ms: r.ts - readings[i].ts, at: r.ts })).filter((g) => g.ms > 150)
+    t.equal(gaps.length, 1, `one gap (${gaps.map((g) => g.ms).join(' ')})`)
+    t.ok(gaps[0].ms >= 1000 && gaps[0].ms <= 1200, `as long as the dropout (${gaps[0].ms} ms)`)
+    t.ok(gaps[0].at - runs[1].to >= 3000, 'after the episode, with normal readings between')
+    t.match(stderr, /epl-1: low episode from .*, readings around 38 bpm for 1\.5 s\n(.*\n)*.*epl-1: episode over at .*\n(.*\n)*.*epl-1: dropout from .*, no readings for 1 s\n(.*\n)*.*epl-1: readings again at .*, back to normal/)
+  })
+
+  t.test('simulate refuses a bad --episode or --dropout', async (t) => {
+    const kind = await run(t, ['simulate', '--episode', 'fast', '--key', KEY])
+    t.equal(kind.code, 2)
+    t.match(kind.stderr, '--episode must be high or low, not "fast"')
+    const dropout = await run(t, ['simulate', '--dropout', '20 seconds', '--key', KEY])
+    t.equal(dropout.code, 2)
+    t.match(dropout.stderr, '--dropout must be a duration like 20s, 1.5m or 500ms, not "20 seconds"')
+    const alone = await run(t, ['simulate', '--episode-for', '10s', '--key', KEY])
+    t.equal(alone.code, 2)
+    t.match(alone.stderr, '--episode-for needs --episode high or --episode low')
+  })
+
   t.test('simulate with a wrong key stops at once with the server\'s message', async (t) => {
     const { code, stderr } = await run(t, ['simulate', '--users', '2', '--rate', '10', '--url', server.url, '--key', 'wrong'])
     t.equal(code, 1)
     t.match(stderr, 'heart-gateway simulate: 401 Unauthorized: missing or unknown x-api-key')
   })
+})
+
+t.test('simulate --dropout: a watcher gets status offline, then online when the readings resume', async (t) => {
+  const server = await startServer(t, { ...SERVER_ENV, OFFLINE_AFTER_MS: '1000' })
+  const watcher = await openWebSocket(t, `ws://127.0.0.1:${server.port}/heart/current`, { headers: bearer('drop-1'), withStatus: true })
+  t.match(await watcher.ask({ type: 'subscribe', userId: 'drop-1' }), { type: 'subscribed', state: 'offline', lastTs: null }, 'no readings yet')
+  const cli = start(t, ['simulate', '--users', '1', '--rate', '10', '--duration', '8', '--dropout', '2.5s', '--url', server.url, '--key', KEY, '--prefix', 'drop-'])
+  const frames: any[] = []
+  const next = async (type: string): Promise<any> => {
+    const frame = await watcher.until(() => true, WAIT_MS)
+    frames.push(frame)
+    return frame.type === type ? frame : await next(type)
+  }
+  const online = await next('status')
+  t.match(online, { userId: 'drop-1', state: 'online' }, 'online with the first reading')
+  const offline = await next('status')
+  const before = frames.filter((f) => f.type === 'reading').at(-1)
+  t.match(offline, { type: 'status', userId: 'drop-1', state: 'offline', lastTs: before.ts }, 'offline OFFLINE_AFTER_MS into the dropout, from the last reading before it')
+  t.ok(before.ts - online.lastTs >= 2500, `after about 3 s of readings (${before.ts - online.lastTs} ms)`)
+  const back = await next('status')
+  t.match(back, { type: 'status', userId: 'drop-1', state: 'online' }, 'online again when the readings resume')
+  const resumed = await next('reading')
+  t.equal(resumed.ts, back.lastTs, 'just before the first reading after the dropout')
+  t.ok(back.lastTs - offline.lastTs >= 2500 && back.lastTs - offline.lastTs <= 2700, `a gap as long as the dropout (${back.lastTs - offline.lastTs} ms)`)
+  t.same(frames.filter((f) => f.type === 'status').map((f) => f.state), ['online', 'offline', 'online'], 'one dropout')
+  await cli.line(/drop-1: readings again at .*, back to normal/, 'stderr')
+  t.equal(await cli.exit(20_000), 0)
 })
 
 t.test('watch reconnects with since when the server restarts (1001)', async (t) => {
@@ -324,6 +395,27 @@ t.test('watch reconnects with since when the server restarts (1001)', async (t) 
   cli.proc.kill('SIGINT')
   t.equal(await cli.exit(), 0)
 })
+
+interface Phase { crossed: boolean, bpms: number[], from: number, to: number }
+
+/** Readings cut into runs that cross a limit (`crossed`) or do not. */
+function phases (readings: Reading[], crossed: (bpm: number) => boolean): Phase[] {
+  const runs: Phase[] = []
+  for (const r of readings) {
+    const last = runs.at(-1)
+    if (last !== undefined && last.crossed === crossed(r.bpm)) {
+      last.bpms.push(r.bpm)
+      last.to = r.ts
+    } else {
+      runs.push({ crossed: crossed(r.bpm), bpms: [r.bpm], from: r.ts, to: r.ts })
+    }
+  }
+  return runs
+}
+
+function describe (runs: Phase[]): string {
+  return runs.map((r) => `${r.crossed ? 'crossed' : 'normal'} x${r.bpms.length}`).join(', ')
+}
 
 t.test('the heart model: plausible, smooth, with exercise bouts', async (t) => {
   // A seeded generator, so the hour below is the same on every run.

@@ -42,6 +42,17 @@ export function positiveNumber (name: string, value: string | undefined, fallbac
   return n
 }
 
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m)?$/
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000 }
+
+/** A positive duration in milliseconds from `20s`, `1.5m`, `500ms` or `20` (seconds). */
+export function duration (name: string, value: string): number {
+  const m = DURATION.exec(value.trim())
+  const ms = m === null ? NaN : Number(m[1]) * UNIT_MS[(m[2] ?? 's') as keyof typeof UNIT_MS]
+  if (!(ms > 0)) throw new UsageError(`${name} must be a duration like 20s, 1.5m or 500ms, not "${value}"`)
+  return ms
+}
+
 /** A base URL without trailing slashes; the scheme is moved to the one asked for (http ↔ ws), so either form is accepted. */
 export function baseUrl (value: string, kind: 'http' | 'ws'): string {
   let url: URL

@@ -58,7 +58,8 @@ export class HeartModel {
   private noise = 0
   private lastMs: number | null = null
 
-  constructor (private readonly random: Random = Math.random) {
+  /** `exercise: false` keeps this person at rest (the user of a scripted episode, whose own bouts would blur it). */
+  constructor (private readonly random: Random = Math.random, private readonly exercise = true) {
     this.restingMean = between(random, REST_MIN + 3, REST_MAX - 3)
     this.baseline = this.restingMean
   }
@@ -87,7 +88,7 @@ export class HeartModel {
         this.peak = null
         this.phaseLeft = REST_AFTER_BOUT_S
       }
-    } else if (this.phaseLeft <= 0 && r() < 1 - Math.exp(-dt / MEAN_REST_S)) {
+    } else if (this.exercise && this.phaseLeft <= 0 && r() < 1 - Math.exp(-dt / MEAN_REST_S)) {
       this.peak = between(r, PEAK_MIN, PEAK_MAX)
       this.phaseLeft = between(r, BOUT_MIN_S, BOUT_MAX_S)
     }
@@ -98,5 +99,34 @@ export class HeartModel {
     const limit = (rising ? MAX_RISE_PER_S : MAX_FALL_PER_S) * dt
     const change = (target - this.effort) * lag
     this.effort += Math.max(-limit, Math.min(limit, change))
+  }
+}
+
+export type EpisodeKind = 'high' | 'low'
+
+/**
+ * An abnormal rhythm for `simulate --episode`: around 150 bpm (high) or 38 (low), well clear of
+ * the usual limits (120 and 45) and of their 5 bpm hysteresis, so an alert on them opens at the
+ * first such reading and closes at the first normal one. It starts and stops abruptly, as an
+ * arrhythmia does, with the same beat-to-beat wander as a normal trace.
+ */
+const EPISODE_LEVEL: Record<EpisodeKind, { mean: number, min: number, max: number }> = {
+  high: { mean: 150, min: 140, max: 160 },
+  low: { mean: 38, min: 34, max: 42 }
+}
+const EPISODE_SD = 3
+
+export class EpisodeModel {
+  private noise = 0
+  private lastMs: number | null = null
+
+  constructor (private readonly kind: EpisodeKind, private readonly random: Random = Math.random) {}
+
+  next (ms: number): number {
+    const dt = this.lastMs === null ? 0 : Math.min(MAX_STEP_S, Math.max(0, (ms - this.lastMs) / 1000))
+    this.lastMs = ms
+    if (dt > 0) this.noise = ouStep(this.noise, 0, EPISODE_SD, NOISE_TAU_S, dt, this.random)
+    const level = EPISODE_LEVEL[this.kind]
+    return Math.min(level.max, Math.max(level.min, Math.round(level.mean + this.noise)))
   }
 }

@@ -28,9 +28,16 @@ usage: heart-gateway <command> [options]
       --since  also print the readings after this history id first
 
   simulate [--users N] [--rate HZ] [--url URL] [--key KEY] [--duration S] [--prefix P]
+           [--episode high|low] [--episode-for D] [--dropout D]
       Heart-rate devices for N users (ids P1 … PN, default prefix sim-) sending realistic readings
       through the ingest API, HZ readings per second in all (default: one per user per second),
       batched per user when the rate is high. Shows progress; Ctrl-C or --duration ends it.
+      --episode   3 s in, P1's readings jump to around 150 (high) or 38 bpm (low) for D (default
+                  30s), then back to normal: an alert on limits like 120/45 opens and closes once
+                  (P1 stays at rest otherwise, without the exercise bouts of the other users)
+      --dropout   P1 sends nothing for D once (3 s in, or 3 s after the episode): longer than the
+                  server's OFFLINE_AFTER_MS (15 s by default), P1 goes offline and comes back
+      Durations: 20s, 1.5m, 500ms, or a number of seconds.
 
   demo [--port P] [--users N] [--rate HZ]
       Starts the compiled service on the embedded store (port 3000 by default, 127.0.0.1 only),

@@ -1,10 +1,11 @@
 /**
  * `heart-gateway simulate`: heart-rate devices for N users sending through the ingest API at a
- * given total rate, with a one-line progress display. Also run in-process by the demo.
+ * given total rate, with a one-line progress display. Also run in-process by the demo. On demand,
+ * the first user has one scripted episode (`--episode high|low`) and/or one dropout (`--dropout D`).
  */
 import { isUserId } from '../heart/reading.js'
-import { CliError, DEFAULT_HTTP_URL, UsageError, baseUrl, parse, positiveInteger, positiveNumber } from './common.js'
-import { HeartModel } from './heart-model.js'
+import { CliError, DEFAULT_HTTP_URL, UsageError, baseUrl, clockTime, duration, parse, positiveInteger, positiveNumber } from './common.js'
+import { EpisodeModel, HeartModel, type EpisodeKind } from './heart-model.js'
 import { BATCH_MAX } from '../heart/batch.js'
 import { IngestError, apiKey, postReadings, type Reading } from './ingest.js'
 
@@ -20,6 +21,9 @@ const RENDER_LOG_MS = 10_000
 const RATE_WINDOW_MS = 2000
 /** Distinct error messages shown as they happen; later ones are only counted. */
 const MAX_SHOWN_ERRORS = 10
+/** A scripted episode or dropout starts after this much normal data, so a watcher sees the user normal first. */
+const SCRIPT_LEAD_MS = 3000
+const EPISODE_DEFAULT_MS = 30_000
 
 export interface SimulatorOptions {
   users: number
@@ -33,6 +37,10 @@ export interface SimulatorOptions {
   durationS?: number
   /** Where the progress line and error messages go. */
   progress: NodeJS.WritableStream & { isTTY?: boolean }
+  /** The first user's readings cross a limit once, for `ms`, SCRIPT_LEAD_MS after the start. */
+  episode?: { kind: EpisodeKind, ms: number }
+  /** The first user sends nothing for this long once (SCRIPT_LEAD_MS after the episode, or the start), so it goes offline and comes back. */
+  dropoutMs?: number
 }
 
 export interface SimulatorSummary {
@@ -49,9 +57,19 @@ export interface SimulatorSummary {
   fatal?: string
 }
 
+type Phase = 'normal' | 'episode' | 'dropout'
+
+/** The scripted user's episode and dropout, in epoch ms from start(). */
+interface Script {
+  episode?: { model: EpisodeModel, kind: EpisodeKind, from: number, to: number }
+  dropout?: { from: number, to: number }
+  phase: Phase
+}
+
 interface SimUser {
   id: string
   model: HeartModel
+  script?: Script
   /** When its next reading is due (epoch ms, fractional). */
   due: number
   pending: Reading[]
@@ -81,7 +99,8 @@ export class Simulator {
 
   constructor (private readonly opts: SimulatorOptions) {
     this.userIds = Array.from({ length: opts.users }, (_, i) => `${opts.prefix}${i + 1}`)
-    this.users = this.userIds.map((id) => ({ id, model: new HeartModel(), due: 0, pending: [], inFlight: false }))
+    const scripted = opts.episode !== undefined || opts.dropoutMs !== undefined
+    this.users = this.userIds.map((id, i) => ({ id, model: new HeartModel(Math.random, !(scripted && i === 0)), due: 0, pending: [], inFlight: false }))
     this.intervalMs = 1000 * opts.users / opts.rate
     this.done = new Promise((resolve) => { this.resolveDone = resolve })
   }
@@ -89,6 +108,7 @@ export class Simulator {
   start (): Promise<SimulatorSummary> {
     this.startedAt = Date.now()
     if (this.opts.durationS !== undefined) this.endAt = this.startedAt + this.opts.durationS * 1000
+    this.planScript()
     // Staggered, so the users' requests spread over each interval instead of arriving together.
     this.users.forEach((u, i) => { u.due = this.startedAt + i * this.intervalMs / this.users.length })
     this.ticker = setInterval(() => this.tick(), TICK_MS)
@@ -113,12 +133,55 @@ export class Simulator {
     if (now >= this.endAt) void this.finish()
   }
 
+  private planScript (): void {
+    const { episode, dropoutMs } = this.opts
+    if (episode === undefined && dropoutMs === undefined) return
+    const script: Script = { phase: 'normal' }
+    let from = this.startedAt + SCRIPT_LEAD_MS
+    if (episode !== undefined) {
+      script.episode = { model: new EpisodeModel(episode.kind), kind: episode.kind, from, to: from + episode.ms }
+      from = script.episode.to + SCRIPT_LEAD_MS
+    }
+    if (dropoutMs !== undefined) script.dropout = { from, to: from + dropoutMs }
+    this.users[0].script = script
+  }
+
   private generate (u: SimUser, now: number): void {
     if (now - u.due > MAX_LAG_MS) u.due = now
     while (u.due <= now && u.due < this.endAt) {
-      u.pending.push({ bpm: u.model.next(u.due), ts: Math.round(u.due) })
+      const ts = Math.round(u.due)
+      // The normal model runs on through an episode or a dropout, so the trace resumes smoothly.
+      const bpm = u.model.next(u.due)
+      const sent = u.script === undefined ? bpm : this.scripted(u, u.script, ts, bpm)
+      if (sent !== null) u.pending.push({ bpm: sent, ts })
       u.due += this.intervalMs
     }
+  }
+
+  /** The scripted user's reading at `ts` (null: none, a dropout); a change of phase is announced on the progress stream. */
+  private scripted (u: SimUser, script: Script, ts: number, normal: number): number | null {
+    const { episode, dropout } = script
+    let phase: Phase = 'normal'
+    let bpm: number | null = normal
+    if (episode !== undefined && ts >= episode.from && ts < episode.to) {
+      phase = 'episode'
+      bpm = episode.model.next(ts)
+    } else if (dropout !== undefined && ts >= dropout.from && ts < dropout.to) {
+      phase = 'dropout'
+      bpm = null
+    }
+    if (phase !== script.phase) {
+      const seconds = (ms: number): string => `${Number((ms / 1000).toFixed(1))} s`
+      if (episode !== undefined && phase === 'episode') {
+        this.announce(`${u.id}: ${episode.kind} episode from ${clockTime(ts)}, readings around ${episode.kind === 'high' ? 150 : 38} bpm for ${seconds(episode.to - episode.from)}`)
+      } else if (dropout !== undefined && phase === 'dropout') {
+        this.announce(`${u.id}: dropout from ${clockTime(ts)}, no readings for ${seconds(dropout.to - dropout.from)}`)
+      } else {
+        this.announce(`${u.id}: ${script.phase === 'episode' ? 'episode over' : 'readings again'} at ${clockTime(ts)}, back to normal`)
+      }
+      script.phase = phase
+    }
+    return bpm
   }
 
   private send (u: SimUser): void {
@@ -146,6 +209,10 @@ export class Simulator {
   private report (message: string): void {
     if (this.shownErrors.has(message) || this.shownErrors.size >= MAX_SHOWN_ERRORS) return
     this.shownErrors.add(message)
+    this.announce(message)
+  }
+
+  private announce (message: string): void {
     this.write(`${this.clearLine()}heart-gateway simulate: ${message}\n`)
     this.render(false)
   }
@@ -221,7 +288,10 @@ export async function simulateCommand (args: string[]): Promise<void> {
     url: { type: 'string' },
     key: { type: 'string' },
     duration: { type: 'string' },
-    prefix: { type: 'string' }
+    prefix: { type: 'string' },
+    episode: { type: 'string' },
+    'episode-for': { type: 'string' },
+    dropout: { type: 'string' }
   })
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"; see heart-gateway help`)
   const users = positiveInteger('--users', values.users, 1)
@@ -236,6 +306,13 @@ export async function simulateCommand (args: string[]): Promise<void> {
     progress: process.stderr
   }
   if (values.duration !== undefined) opts.durationS = positiveNumber('--duration', values.duration, 0)
+  if (values.episode !== undefined) {
+    if (values.episode !== 'high' && values.episode !== 'low') throw new UsageError(`--episode must be high or low, not "${values.episode}"`)
+    opts.episode = { kind: values.episode, ms: values['episode-for'] === undefined ? EPISODE_DEFAULT_MS : duration('--episode-for', values['episode-for']) }
+  } else if (values['episode-for'] !== undefined) {
+    throw new UsageError('--episode-for needs --episode high or --episode low')
+  }
+  if (values.dropout !== undefined) opts.dropoutMs = duration('--dropout', values.dropout)
 
   const sim = new Simulator(opts)
   const onSignal = (): void => {
