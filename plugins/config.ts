@@ -29,6 +29,8 @@ export const configSchema = Type.Object({
   REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
   // For REDIS_CLUSTER_NODES and REDIS_SENTINELS (REDIS_URL carries its own).
   REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  // Replicas that must hold an ingest (Redis WAIT) before it is acknowledged; one server or Sentinel.
+  REDIS_WAIT_REPLICAS: Type.Integer({ minimum: 0, maximum: 100, default: 0 }),
   // Unset: a generated development secret, or refused in production (plugins/auth.ts). A short
   // secret is refused in every NODE_ENV: a staging secret is as guessable as a production one.
   JWT_SECRET: Type.Optional(Type.String({ minLength: JWT_SECRET_MIN })),
@@ -124,6 +126,9 @@ function checkRedisChoice (cfg: Config): void {
   if (chosen.length > 1) throw new Error(`env/${chosen[1]} cannot be combined with ${chosen[0]}: set one way to reach Redis`)
   if (cfg.REDIS_SENTINELS !== undefined && cfg.REDIS_SENTINEL_NAME === undefined) {
     throw new Error('env/REDIS_SENTINEL_NAME must name the master group when REDIS_SENTINELS is set')
+  }
+  if (cfg.REDIS_WAIT_REPLICAS > 0 && (cfg.REDIS_CLUSTER_NODES !== undefined || chosen.length === 0)) {
+    throw new Error('env/REDIS_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINELS (not supported on Redis Cluster or the embedded store)')
   }
 }
 

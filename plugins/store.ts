@@ -12,7 +12,7 @@ declare module 'fastify' {
 
 /** The heart store: Redis when one is configured (plugins/redis.ts), the embedded in-process store otherwise. */
 export default fp(async function store (fastify) {
-  const { HEART_KEY_PREFIX, HISTORY_MAX, LEGACY_KEYSPACE_EVENTS } = fastify.config
+  const { HEART_KEY_PREFIX, HISTORY_MAX, LEGACY_KEYSPACE_EVENTS, REDIS_WAIT_REPLICAS } = fastify.config
   let store: HeartStore
   if (fastify.hasDecorator('redis')) {
     store = await RedisStore.open({
@@ -20,6 +20,7 @@ export default fp(async function store (fastify) {
       prefix: HEART_KEY_PREFIX,
       historyMax: HISTORY_MAX,
       legacyKeyspaceEvents: LEGACY_KEYSPACE_EVENTS,
+      waitReplicas: REDIS_WAIT_REPLICAS,
       onError: () => fastify.metrics.storeErrors.inc(),
       log: fastify.log
     })

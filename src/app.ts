@@ -24,7 +24,7 @@ import me from '../routes/me.js'
 import metricsRoute from '../routes/metrics.js'
 import demo from '../routes/demo.js'
 import root from '../routes/root.js'
-import { StoreUnavailableError } from './heart/store.js'
+import { NotConfirmedError, StoreUnavailableError } from './heart/store.js'
 import { sendError } from './http-errors.js'
 import { redactUrl } from './logger.js'
 
@@ -61,7 +61,10 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err instanceof StoreUnavailableError) {
       request.log.warn({ err: err.cause }, 'heart store unavailable')
-      return sendError(reply, 503, request.routeOptions.config.storeUnavailableMessage ?? 'heart-rate store is unavailable, try again shortly')
+      const message = err.cause instanceof NotConfirmedError
+        ? `${err.cause.message}; outcome unknown: resend the same readings with their ts`
+        : request.routeOptions.config.storeUnavailableMessage ?? 'heart-rate store is unavailable, try again shortly'
+      return sendError(reply, 503, message)
     }
     const status = err.statusCode ?? 500
     if (status < 500) return sendError(reply, status, err.message)

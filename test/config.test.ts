@@ -20,6 +20,7 @@ const DEFAULTS: Record<string, unknown> = {
   REDIS_SENTINELS: undefined,
   REDIS_SENTINEL_NAME: undefined,
   REDIS_PASSWORD: undefined,
+  REDIS_WAIT_REPLICAS: 0,
   JWT_SECRET: undefined,
   HEART_KEY_PREFIX: 'heart:',
   MAX_PAYLOAD_BYTES: 4096,
@@ -140,6 +141,9 @@ const BAD_VALUES: Array<[string, string]> = [
   ['MAX_CONNECTIONS', '0'],
   ['MAX_CONNECTIONS', 'many'],
   ['LEGACY_KEYSPACE_EVENTS', 'maybe'],
+  ['REDIS_WAIT_REPLICAS', '-1'],
+  ['REDIS_WAIT_REPLICAS', 'one'],
+  ['REDIS_WAIT_REPLICAS', '1'],
   ['WECHAT_API_BASE', 'http://api.weixin.qq.com'],
   ['WECHAT_API_BASE', 'http://localhost.example.com'],
   ['WECHAT_API_BASE', 'http://127.0.0.1.example.com'],
@@ -287,4 +291,6 @@ t.test('one way to reach Redis at most, and Sentinel needs the master name', asy
   await t.rejects(build(t, { REDIS_URL: 'redis://127.0.0.1:1', REDIS_CLUSTER_NODES: '127.0.0.1:7000' }), /REDIS_CLUSTER_NODES cannot be combined with REDIS_URL/)
   await t.rejects(build(t, { REDIS_SENTINELS: '127.0.0.1:26379' }), /REDIS_SENTINEL_NAME/)
   await t.rejects(build(t, { REDIS_CLUSTER_NODES: '127.0.0.1' }), /REDIS_CLUSTER_NODES/)
+  await t.rejects(build(t, { REDIS_CLUSTER_NODES: '127.0.0.1:7000', REDIS_WAIT_REPLICAS: '1' }), /REDIS_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINELS/)
+  t.equal(loadConfig({ REDIS_URL: 'redis://127.0.0.1:1', REDIS_WAIT_REPLICAS: '2' }).REDIS_WAIT_REPLICAS, 2)
 })

@@ -6,7 +6,7 @@ import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
 import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import {
-  StoreUnavailableError, byCreation,
+  NotConfirmedError, StoreUnavailableError, byCreation,
   type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
 } from './store.js'
 
@@ -64,6 +64,11 @@ export interface RedisStoreOptions {
   onError?: (err: unknown) => void
   /** The feed's connection errors and its notices. */
   log?: FeedLog
+  /**
+   * Replicas that must hold an ingest before it is acknowledged (REDIS_WAIT_REPLICAS; 0: none).
+   * One server or Sentinel only.
+   */
+  waitReplicas?: number
 }
 
 const quiet: FeedLog = { debug () {}, info () {}, warn () {}, error () {} }
@@ -75,6 +80,35 @@ const quiet: FeedLog = { debug () {}, info () {}, warn () {}, error () {} }
 const ANSWER_MS = 1000
 /** While Redis is not answering, how soon a failed PING is tried again. */
 const PROBE_MS = 250
+/** The WAIT timeout: two in a row (see ReplicaConfirm) still fit in ANSWER_MS. */
+const CONFIRM_MS = 400
+
+/**
+ * Ingest with REDIS_WAIT_REPLICAS: the writes go over a connection of their own, because WAIT
+ * counts the replicas holding that connection's writes and blocks it while it waits. One WAIT
+ * at a time: every write made while one blocks shares the next, so a lagging replica costs a
+ * request at most two WAIT timeouts, however many arrive.
+ */
+class ReplicaConfirm {
+  private next: Promise<number> | null = null
+  private last: Promise<unknown> = Promise.resolve()
+
+  constructor (readonly conn: Redis, private readonly required: number) {}
+
+  /** Resolves once `required` replicas hold every write this connection has made so far. */
+  async confirmed (): Promise<void> {
+    if (this.next === null) {
+      const wait = this.last.then(async () => {
+        this.next = null
+        return await this.conn.wait(this.required, CONFIRM_MS)
+      })
+      this.next = wait
+      this.last = wait.catch(() => {})
+    }
+    const replicas = await this.next
+    if (replicas < this.required) throw new NotConfirmedError(replicas, this.required)
+  }
+}
 
 /** Why a command was not sent: Redis stopped answering and has not answered a PING since. */
 class NotAnsweringError extends Error {
@@ -101,10 +135,13 @@ export class RedisStore implements HeartStore {
    */
   private stalled = false
   private closed = false
+  private readonly confirm: ReplicaConfirm | null
 
   /** Opens the store and its feed; resolves once the feed can subscribe. */
   static async open (opts: RedisStoreOptions): Promise<RedisStore> {
     const store = new RedisStore(opts)
+    const conn = store.confirm?.conn
+    if (conn !== undefined && conn.status !== 'ready') await new Promise((resolve) => conn.once('ready', resolve))
     await store.feed.start()
     return store
   }
@@ -116,6 +153,14 @@ export class RedisStore implements HeartStore {
     this.prefix = opts.prefix
     this.historyMax = opts.historyMax
     this.log = opts.log ?? quiet
+    const waitReplicas = opts.waitReplicas ?? 0
+    if (waitReplicas > 0 && this.cluster) throw new Error('waiting for replicas is not supported on Redis Cluster')
+    this.confirm = null
+    if (waitReplicas > 0) {
+      const conn = (opts.redis as Redis).duplicate({ connectionName: 'heart-gateway-ingest' })
+      conn.on('error', (err: Error) => this.log.debug({ err }, 'redis ingest connection error'))
+      this.confirm = new ReplicaConfirm(conn, waitReplicas)
+    }
     this.feed = new RedisFeed({
       redis: opts.redis,
       prefix: opts.prefix,
@@ -193,7 +238,14 @@ export class RedisStore implements HeartStore {
     const k = userKeys(this.prefix, userId)
     const args: Array<string | number> = [this.historyMax, this.cluster ? 'SPUBLISH' : 'PUBLISH', k.channel]
     for (const r of readings) args.push(r.bpm, r.ts, r.serverTs === true ? 0 : 1)
-    const [ids, duplicates] = await this.guarded(() => INGEST.run(this.redis, [k.current, k.meta, k.history, k.idsByTs], args)) as [string[], number]
+    const keys = [k.current, k.meta, k.history, k.idsByTs]
+    const confirm = this.confirm
+    const [ids, duplicates] = await this.guarded(async () => {
+      if (confirm === null) return await INGEST.run(this.redis, keys, args)
+      const result = await INGEST.run(confirm.conn, keys, args)
+      await confirm.confirmed()
+      return result
+    }) as [string[], number]
     return { ids, duplicates }
   }
 
@@ -309,6 +361,7 @@ export class RedisStore implements HeartStore {
 
   async close (): Promise<void> {
     this.closed = true
+    this.confirm?.conn.disconnect()
     await this.feed.close()
   }
 }

@@ -149,5 +149,16 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/**
+ * A write Redis made, but fewer replicas than required confirmed it in time (REDIS_WAIT_REPLICAS):
+ * a failover now could lose it.
+ */
+export class NotConfirmedError extends Error {
+  constructor (readonly confirmed: number, readonly required: number) {
+    super(`not confirmed: ${confirmed} of ${required} replicas acknowledged the write in time`)
+    this.name = 'NotConfirmedError'
+  }
+}
+
 /** Largest page a single history read returns; replays page through longer histories. */
 export const HISTORY_PAGE_MAX = 1000
