@@ -100,9 +100,16 @@ async function ingest (app: FastifyInstance, bpm: number, ts: number): Promise<{
   return { status: res.statusCode, id: body.ids?.[0], message: body.message }
 }
 
+/** The history, once reads answer: after a failover each of the service's connections finds the new master on its own. */
 async function historyIds (app: FastifyInstance): Promise<string[]> {
-  const res = await app.inject({ url: '/heart/u1/readings?limit=1000', headers: bearer('u1') })
-  return (res.json() as { readings: Array<{ id: string }> }).readings.map((r) => r.id)
+  let ids: string[] = []
+  await eventually(async () => {
+    const res = await app.inject({ url: '/heart/u1/readings?limit=1000', headers: bearer('u1') })
+    if (res.statusCode !== 200) throw new Error(`history: ${res.statusCode} ${res.body}`)
+    ids = (res.json() as { readings: Array<{ id: string }> }).readings.map((r) => r.id)
+    return true
+  }, 10000, 50)
+  return ids
 }
 
 /**
