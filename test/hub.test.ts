@@ -27,7 +27,7 @@ function muteable (store: MemoryStore, hub: Hub): { muted: boolean } {
   const state = { muted: false }
   const gate: FeedListener = {
     reading (userId: string, r: LiveReading) { if (!state.muted) hub.reading(userId, r) },
-    resumed () { hub.resumed() },
+    resumed (userIds) { hub.resumed(userIds) },
     revoked (ownerId: string, viewerId: string) { if (!state.muted) hub.revoked(ownerId, viewerId) }
   }
   store.feed.setListener(gate)
@@ -52,6 +52,43 @@ t.test('a subscriber joining while the feed is away does not make existing watch
   await store.append('u1', [{ bpm: 64, ts: 4 }])
   t.ok(await eventually(() => first.bpms().length === 4, 2000))
   t.same(first.bpms(), [61, 62, 63, 64], 'the refill starts where the first watcher was')
+})
+
+t.test('a second feed outage while the fill after the first one runs: what it missed is filled too', async (t) => {
+  const store = new MemoryStore(100)
+  const hub = new Hub(store, new Access(store), quiet, HUB_OPTS)
+  const feed = muteable(store, hub)
+  const first = recorder('u1')
+  await hub.subscribe(new Subscription(first, 'u1'), undefined, () => {})
+  await store.append('u1', [{ bpm: 61, ts: 1 }])
+  t.ok(await eventually(() => first.bpms().length === 1), 'live before the feed goes away')
+  feed.muted = true
+  await store.append('u1', [{ bpm: 62, ts: 2 }])
+  feed.muted = false
+  // The fill after the first outage has read history (62) and has not finished yet.
+  const history = store.history.bind(store)
+  let read: () => void = () => {}
+  const hasRead = new Promise<void>((resolve) => { read = resolve })
+  let release: () => void = () => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  store.history = async (userId, query) => {
+    store.history = history
+    const page = await history(userId, query)
+    read()
+    await held
+    return page
+  }
+  hub.resumed()
+  await hasRead
+  feed.muted = true
+  await store.append('u1', [{ bpm: 63, ts: 3 }])
+  feed.muted = false
+  hub.resumed()
+  release()
+  t.ok(await eventually(() => first.bpms().length === 3, 2000), 'the second gap is filled')
+  await store.append('u1', [{ bpm: 64, ts: 4 }])
+  t.ok(await eventually(() => first.bpms().length === 4, 2000), 'then live again')
+  t.same(first.bpms(), [61, 62, 63, 64], 'each reading once, in order')
 })
 
 t.test('a grant withdrawn while the subscription is being set up: subscribed is still answered, then revoked', async (t) => {

@@ -106,6 +106,8 @@ interface Topic {
   /** Readings that arrived while a fill was pending; null when live. */
   buffered: LiveReading[] | null
   filling: boolean
+  /** The feed resumed again while a fill ran: what that fill read may predate the second gap, so it reads again. */
+  refill: boolean
   /** Newest reading time known here (from readings or a snapshot): what presence is decided from. */
   lastTs: number | null
   /** Presence as last announced to the topic's watchers. */
@@ -300,6 +302,7 @@ export class Hub implements FeedListener {
         cursor: null,
         buffered: null,
         filling: false,
+        refill: false,
         lastTs: null,
         presence: 'offline',
         offlineTimer: null
@@ -344,8 +347,10 @@ export class Hub implements FeedListener {
     }
   }
 
-  resumed (): void {
-    for (const [userId, topic] of this.topics) {
+  resumed (userIds?: Iterable<string>): void {
+    for (const userId of userIds ?? [...this.topics.keys()]) {
+      const topic = this.topics.get(userId)
+      if (topic === undefined) continue
       void this.fill(userId, topic)
       // A revocation published while the feed was away was missed.
       void this.recheckGrants(userId, new Set([...topic.subs].map((sub) => sub.watcher.userId)), 'after the feed resumed')
@@ -381,17 +386,24 @@ export class Hub implements FeedListener {
    * topic past the gap and hide it.
    */
   private async fill (userId: string, topic: Topic): Promise<void> {
-    if (topic.filling || topic.cursor === null) return
+    if (topic.cursor === null) return
+    if (topic.filling) {
+      topic.refill = true
+      return
+    }
     topic.filling = true
     topic.buffered ??= []
     try {
-      let since = topic.cursor
-      for (;;) {
-        const page = await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
-        for (const r of page.readings) this.deliver(topic, userId, r)
-        if (page.readings.length < HISTORY_PAGE_MAX) break
-        since = page.readings[page.readings.length - 1].id
-      }
+      do {
+        topic.refill = false
+        let since = topic.cursor
+        for (;;) {
+          const page = await this.store.history(userId, { since, limit: HISTORY_PAGE_MAX })
+          for (const r of page.readings) this.deliver(topic, userId, r)
+          if (page.readings.length < HISTORY_PAGE_MAX) break
+          since = page.readings[page.readings.length - 1].id
+        }
+      } while (topic.refill)
       const buffered = topic.buffered
       topic.buffered = null
       for (const r of buffered) this.deliver(topic, userId, r)

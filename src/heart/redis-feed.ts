@@ -3,8 +3,9 @@ import { isHistoryId } from './reading.js'
 import { userIdOfChannel, userKeys } from './redis-keys.js'
 import type { FeedListener, LiveReading, ReadingFeed } from './store.js'
 
-/** When a second fill follows the one made as soon as the shard subscribers are back. */
-const SHARD_REFILL_MS = 1000
+/** Backoff between attempts to subscribe a user again on a cluster: doubling from the first to the last. */
+const RESUBSCRIBE_FIRST_MS = 100
+const RESUBSCRIBE_MAX_MS = 2000
 
 /** The logger methods the feed uses (Fastify's logger has them). */
 export interface FeedLog {
@@ -61,15 +62,40 @@ function parseMessage (message: string): Message | null {
   return typeof revoked === 'string' ? { revoked } : null
 }
 
+/** A watched user: its live channel, and its keyspace channel with legacy events on. */
+interface Watched {
+  channels: string[]
+  /** Failed attempts to subscribe it again since it last succeeded (the cluster's backoff). */
+  failures: number
+}
+
+async function sleep (ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms).unref())
+}
+
 /**
- * One Redis subscription per watched user on this instance. When the subscription connection
- * comes back (standalone: its 'ready'; cluster: the shard subscribers' 'subscribersReady'), every
- * watched user is subscribed again and the hub is told, which fills what was missed from history.
+ * One Redis subscription per watched user on this instance.
+ *
+ * After a subscription was lost, a user's messages reach the hub only once Redis has confirmed
+ * its new subscription, and the hub is then told to fill that user from history: a message
+ * passed on before that could move the hub past readings published into the gap, which the fill
+ * would then skip. What is dropped meanwhile is in history, and the fill reads it.
+ *
+ * Standalone and Sentinel: the feed's own connection; on its 'ready' every watched user is
+ * subscribed again with one command. Cluster: ioredis keeps one subscriber connection per shard,
+ * replaces a lost one and resubscribes it itself without checking the answer, so a round starts
+ * on every loss ('-node') and replacement ('subscribersReady'): each watched user is subscribed
+ * again and the answer awaited, retrying with backoff (and a slots refresh, which makes ioredis
+ * replace a subscriber it has not noticed is gone) until it succeeds or a later round takes over.
  */
 export class RedisFeed implements ReadingFeed {
   private listener: FeedListener | null = null
-  /** The channels of each watched user: its live channel, and its keyspace channel with legacy events on. */
-  private readonly channels = new Map<string, string[]>()
+  private readonly watched = new Map<string, Watched>()
+  /** Watched users whose subscription Redis confirmed since it was last lost: only their live messages reach the hub. */
+  private readonly live = new Set<string>()
+  /** Counts losses of the subscription connection(s): an attempt begun in an earlier round gives up. */
+  private round = 0
+  private closed = false
   /** The store's command client, for CONFIG. */
   private readonly redis: Redis | Cluster
   private readonly sub: Redis | Cluster
@@ -80,7 +106,7 @@ export class RedisFeed implements ReadingFeed {
   private readonly onError: (err: unknown) => void
   private readonly log: FeedLog
   private readonly onMessageEvent = (channel: string, message: string): void => this.onMessage(channel, message)
-  private readonly onShardsReadyEvent = (): void => { void this.onShardsReady() }
+  private readonly onShardsChangedEvent = (): void => this.onShardsChanged()
 
   constructor (opts: RedisFeedOptions) {
     this.redis = opts.redis
@@ -93,7 +119,8 @@ export class RedisFeed implements ReadingFeed {
     if (this.sharded) {
       this.sub = opts.redis
       this.sub.on('smessage', this.onMessageEvent)
-      this.sub.on('subscribersReady', this.onShardsReadyEvent)
+      this.sub.on('-node', this.onShardsChangedEvent)
+      this.sub.on('subscribersReady', this.onShardsChangedEvent)
     } else {
       // autoResubscribe off: the feed resubscribes what is watched now, not what was watched before the drop.
       this.sub = (opts.redis as Redis).duplicate({ connectionName: 'heart-gateway-feed', commandTimeout: undefined, autoResubscribe: false })
@@ -136,45 +163,90 @@ export class RedisFeed implements ReadingFeed {
     else await this.sub.subscribe(...channels)
   }
 
+  /**
+   * Resolves once the subscription is confirmed, or once it failed: then it is only remembered
+   * and made later (standalone: on 'ready'; cluster: retried), and the hub is told when it is.
+   * The hub reads the user's snapshot after this, so nothing before it needs filling.
+   */
   async watch (userId: string): Promise<void> {
     const channels = [userKeys(this.prefix, userId).channel]
     if (this.keyspacePrefix !== null) channels.push(this.keyspacePrefix + userId)
-    this.channels.set(userId, channels)
-    // While disconnected the subscription is only remembered; onReady makes it and the hub fills the gap.
-    if (this.sub.status === 'ready') await this.subscribe(channels).catch(this.onError)
+    const w: Watched = { channels, failures: 0 }
+    this.watched.set(userId, w)
+    const round = this.round
+    if (!this.sharded && this.sub.status !== 'ready') return
+    try {
+      await this.subscribe(channels)
+    } catch (err) {
+      this.onError(err)
+      if (this.sharded) void this.resubscribe(userId, w, round, true)
+      return
+    }
+    if (this.current(userId, w, round)) this.live.add(userId)
   }
 
   async unwatch (userId: string): Promise<void> {
-    const channels = this.channels.get(userId)
-    if (channels === undefined) return
-    this.channels.delete(userId)
+    const w = this.watched.get(userId)
+    if (w === undefined) return
+    this.watched.delete(userId)
+    this.live.delete(userId)
     if (this.sub.status !== 'ready') return
-    if (this.sharded) await (this.sub as Cluster).sunsubscribe(...channels).catch(this.onError)
-    else await this.sub.unsubscribe(...channels).catch(this.onError)
+    if (this.sharded) await (this.sub as Cluster).sunsubscribe(...w.channels).catch(this.onError)
+    else await this.sub.unsubscribe(...w.channels).catch(this.onError)
+  }
+
+  /** Whether `w` is still what is watched for `userId` and no loss happened since `round` began. */
+  private current (userId: string, w: Watched, round: number): boolean {
+    return !this.closed && round === this.round && this.watched.get(userId) === w
   }
 
   private async onReady (): Promise<void> {
-    if (this.channels.size === 0) return
+    const round = ++this.round
+    this.live.clear()
+    const users = [...this.watched]
+    if (users.length === 0) return
     try {
-      await this.subscribe([...this.channels.values()].flat())
+      await this.subscribe(users.flatMap(([, w]) => w.channels))
     } catch {
       return // the connection dropped again; the next 'ready' retries
     }
+    for (const [userId, w] of users) if (this.current(userId, w, round)) this.live.add(userId)
     // Whatever was published before these subscriptions existed is in history: let the hub fill it.
-    this.listener?.resumed()
+    if (round === this.round) this.listener?.resumed()
   }
 
-  /**
-   * ioredis has replaced shard subscriber connections and resubscribes them itself, without
-   * waiting for the answers (and our own SSUBSCRIBE may be refused while the cluster client
-   * refreshes its slots). The hub is told in any case, and once more a moment later: a fill is
-   * idempotent, and the second one covers readings published before the subscriptions were live.
-   */
-  private async onShardsReady (): Promise<void> {
-    if (this.channels.size === 0) return
-    await Promise.all([...this.channels.values()].map(async (c) => await this.subscribe(c).catch(this.onError)))
-    this.listener?.resumed()
-    setTimeout(() => this.listener?.resumed(), SHARD_REFILL_MS).unref()
+  /** A shard subscriber was lost or replaced: a new round subscribes every watched user again. */
+  private onShardsChanged (): void {
+    const round = ++this.round
+    this.live.clear()
+    for (const [userId, w] of this.watched) void this.resubscribe(userId, w, round, false)
+  }
+
+  /** Subscribes one user again on a cluster until Redis confirms it, then lets the hub fill it. */
+  private async resubscribe (userId: string, w: Watched, round: number, failed: boolean): Promise<void> {
+    for (;;) {
+      if (failed) {
+        await sleep(Math.min(RESUBSCRIBE_FIRST_MS * 2 ** w.failures, RESUBSCRIBE_MAX_MS))
+        w.failures++
+        if (!this.current(userId, w, round)) return
+        // A cluster that is not ready reconnects by itself, and refreshes its slots as it does.
+        const cluster = this.sub as Cluster
+        if (cluster.status === 'ready') await new Promise<void>((resolve) => cluster.refreshSlotsCache(() => resolve()))
+      }
+      if (!this.current(userId, w, round)) return
+      try {
+        await this.subscribe(w.channels)
+      } catch (err) {
+        this.onError(err)
+        failed = true
+        continue
+      }
+      if (!this.current(userId, w, round)) return
+      w.failures = 0
+      this.live.add(userId)
+      this.listener?.resumed([userId])
+      return
+    }
   }
 
   /** Runs inside ioredis's event: nothing a publisher sends may make it throw. */
@@ -185,7 +257,8 @@ export class RedisFeed implements ReadingFeed {
       return
     }
     const userId = userIdOfChannel(this.prefix, channel)
-    if (userId === null) return
+    // Not confirmed yet: the fill that follows the confirmation reads it from history.
+    if (userId === null || !this.live.has(userId)) return
     const parsed = parseMessage(message)
     if (parsed === null) {
       this.log.warn({ channel }, 'dropped a malformed message on a live channel')
@@ -207,9 +280,11 @@ export class RedisFeed implements ReadingFeed {
 
   /** Closes the feed's own connection; on a cluster it only lets go of the shared client. */
   async close (): Promise<void> {
+    this.closed = true
     if (this.sharded) {
       this.sub.off('smessage', this.onMessageEvent)
-      this.sub.off('subscribersReady', this.onShardsReadyEvent)
+      this.sub.off('-node', this.onShardsChangedEvent)
+      this.sub.off('subscribersReady', this.onShardsChangedEvent)
     } else {
       this.sub.disconnect()
     }

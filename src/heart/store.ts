@@ -61,8 +61,11 @@ export interface AppendResult {
 /** Receives what the live feed delivers. */
 export interface FeedListener {
   reading (userId: string, reading: LiveReading): void
-  /** The feed's connection came back and every watched user is subscribed again: readings in between may have been missed. */
-  resumed (): void
+  /**
+   * The feed's subscription of these watched users (without `userIds`: of every one) is confirmed
+   * again after it was lost: their readings and revocations in between may have been missed.
+   */
+  resumed (userIds?: Iterable<string>): void
   /** `ownerId` withdrew `viewerId`'s grant (on any instance). */
   revoked (ownerId: string, viewerId: string): void
 }
