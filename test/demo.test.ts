@@ -268,6 +268,49 @@ t.test('the page in Chromium: history, then live readings', async (t) => {
     await page.close()
   })
 
+  t.test('offline: "offline since hh:mm:ss" over a greyed value, back to normal when readings resume; at phone width', async (t) => {
+    const quick = await startServer(t, { INGEST_API_KEYS: API_KEY, OFFLINE_AFTER_MS: '1000' })
+    // A time zone of its own, so the clock the page shows is checked against one computed here.
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, timezoneId: 'Asia/Shanghai' })
+    t.teardown(() => phone.close())
+    await phone.route('**/*', async (route) => {
+      if (new URL(route.request().url()).hostname === '127.0.0.1') await route.continue()
+      else await route.abort()
+    })
+    const hhmmss = (ms: number): string => new Date(ms).toLocaleTimeString('en-GB', { timeZone: 'Asia/Shanghai', hour12: false })
+    const ts = Date.now()
+    await ingest(quick, 'dave', [{ bpm: 77, ts }])
+    const { page, errors } = await openPage(phone, `${quick.url}/demo/#user=dave&token=${token('dave')}`)
+    await until(page, '#state:text-is("open")')
+    await until(page, '#bpm:text-is("77")')
+    await until(page, '#now[data-presence="offline"]')
+    t.equal(await page.textContent('#presence'), `offline since ${hhmmss(ts)}`, 'when the last reading was taken')
+    t.equal(await page.isVisible('#presence'), true)
+    t.equal(await page.textContent('#bpm'), '77', 'the last value stays')
+    t.equal(await page.locator('.reading').evaluate((el) => (globalThis as any).getComputedStyle(el).opacity), '0.45', 'greyed')
+    const box = await page.locator('#presence').boundingBox()
+    t.ok(box !== null && box.x >= 0 && box.x + box.width <= 390, `on screen at 390 px (${JSON.stringify(box)})`)
+    t.equal(await page.evaluate(() => (globalThis as any).document.documentElement.scrollWidth), 390, 'no sideways scrolling at 390 px')
+    await mkdir(join(ROOT, 'test-artifacts'), { recursive: true })
+    await page.screenshot({ path: join(ROOT, 'test-artifacts', 'demo-offline-390.png'), fullPage: true, timeout: WAIT_MS })
+
+    await ingest(quick, 'dave', [{ bpm: 81 }])
+    await until(page, '#now[data-presence="online"]')
+    await until(page, '#bpm:text-is("81")')
+    t.equal(await page.isHidden('#presence'), true, 'no offline line once online')
+    t.equal(await page.locator('.reading').evaluate((el) => (globalThis as any).getComputedStyle(el).opacity), '1', 'not greyed')
+
+    // A viewer arriving while the user is offline is told so by subscribed, at once.
+    const old = Date.now() - 5000
+    await ingest(quick, 'erin', [{ bpm: 64, ts: old }])
+    const late = await openPage(phone, `${quick.url}/demo/#user=erin&token=${token('erin')}`)
+    await until(late.page, '#now[data-presence="offline"]')
+    t.equal(await late.page.textContent('#presence'), `offline since ${hhmmss(old)}`)
+    t.same([...errors, ...late.errors], [], 'no script errors or CSP violations')
+    await late.page.close()
+    await page.close()
+  })
+
   t.test('the dev login button stays hidden where POST /auth/dev answers 404', async (t) => {
     const app = await build(t)
     await app.listen({ host: '127.0.0.1', port: 0 })

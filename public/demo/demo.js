@@ -1,7 +1,8 @@
 // The heart-gateway live demo: history from GET /heart/:userId/readings, then live readings from
 // the /heart/current WebSocket through the mini-program client (client/heart-client.js, with
 // client/ws-adapter.js making a `wx` of the browser's WebSocket). It reconnects and resumes; this
-// page only shows what it reports. Plain browser JavaScript, no build step.
+// page only shows what it reports, and whether the user is online (`status` frames, read from the
+// client's socket by frameTap). Plain browser JavaScript, no build step.
 'use strict'
 
 ;(() => {
@@ -25,6 +26,8 @@
     token: $('token'),
     devLogin: $('dev-login'),
     disconnect: $('disconnect'),
+    now: $('now'),
+    presence: $('presence'),
     bpm: $('bpm'),
     updated: $('updated'),
     state: $('state'),
@@ -60,6 +63,45 @@
     return `HTTP ${res.status}`
   }
 
+  /**
+   * The client delivers readings only, and ignores frames it does not know. What `subscribed` and
+   * `status` frames say about presence is read here, from the same socket, by wrapping the `wx`
+   * the client is given: every JSON frame goes to `onFrame` before the client sees it.
+   */
+  function frameTap (api, onFrame) {
+    return Object.assign({}, api, {
+      connectSocket (opts) {
+        const task = api.connectSocket(opts)
+        task.onMessage((res) => {
+          if (typeof res.data !== 'string' || res.data.charAt(0) !== '{') return
+          let frame
+          try {
+            frame = JSON.parse(res.data)
+          } catch {
+            return
+          }
+          onFrame(frame)
+        })
+        return task
+      }
+    })
+  }
+
+  /** `hh:mm:ss` in this browser's time zone. */
+  function clock (ms) {
+    const d = new Date(ms)
+    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':')
+  }
+
+  /** `state` of `subscribed` or `status`; null: not known (not connected yet). */
+  function showPresence (state, lastTs) {
+    if (state === null) delete ui.now.dataset.presence
+    else ui.now.dataset.presence = state
+    const offline = state === 'offline'
+    ui.presence.hidden = !offline
+    ui.presence.textContent = !offline ? '' : typeof lastTs === 'number' ? `offline since ${clock(lastTs)}` : 'offline: no reading yet'
+  }
+
   class Viewer {
     constructor (userId, token) {
       this.userId = userId
@@ -78,6 +120,7 @@
       ui.bpm.textContent = '--'
       delete ui.bpm.dataset.ts
       ui.updated.textContent = 'no reading yet'
+      showPresence(null)
       say('')
       setState('connecting')
       const since = await this.preload()
@@ -86,7 +129,7 @@
       this.client = new HeartClient({
         url: `${scheme}//${location.host}/heart/current`,
         token: this.token,
-        wx,
+        wx: frameTap(wx, (frame) => this.frame(frame)),
         onStateChange: (state) => { if (!this.stopped) setState(state) },
         onDisconnect: (info) => { void this.disconnected(info) },
         onResubscribed: (_userId, result) => this.subscribed(result),
@@ -104,6 +147,12 @@
       this.client.subscribe(this.userId, reading, { since }).then((result) => this.subscribed(result), (err) => {
         if (err.code !== 'closed') this.stop(`server: ${err.message}`, true)
       })
+    }
+
+    /** A frame of the socket, before the client handles it. */
+    frame (frame) {
+      if (this.stopped || frame.userId !== this.userId) return
+      if (frame.type === 'subscribed' || frame.type === 'status') showPresence(frame.state, frame.lastTs)
     }
 
     stop (text, isError = false) {
