@@ -76,6 +76,8 @@ export const configSchema = Type.Object({
   MESSAGE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 20 }),
   UPGRADE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
   HISTORY_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
+  // How often every open subscription to another user's readings has its grant asked again (plugins/hub.ts).
+  GRANT_RECHECK_MS: Type.Integer({ minimum: 100, maximum: 3600000, default: 60000 }),
   // Operations
   METRICS_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   // No default: unset means on outside production (plugins/api-docs.ts).

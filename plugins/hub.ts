@@ -13,5 +13,12 @@ export default fp(async function hub (fastify) {
   fastify.decorate('hub', hub)
   fastify.metrics.gauge('heart_subscriptions', 'Live subscriptions (socket × watched user)', () => hub.subscriptionCount)
   fastify.metrics.gauge('heart_watched_users', 'Users this instance holds a Redis subscription for', () => hub.topicCount)
-  fastify.addHook('onClose', async () => hub.close())
+  // Every subscription to another user's readings is asked about again this often, in one batched
+  // question: a withdrawal whose announcement on the feed was lost still ends it.
+  const recheck = setInterval(() => { void hub.recheckGrants() }, fastify.config.GRANT_RECHECK_MS)
+  recheck.unref()
+  fastify.addHook('onClose', async () => {
+    clearInterval(recheck)
+    hub.close()
+  })
 }, { name: 'hub', dependencies: ['config', 'store', 'access', 'metrics'] })

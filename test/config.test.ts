@@ -56,7 +56,8 @@ const DEFAULTS: Record<string, unknown> = {
   ALLOWED_ORIGINS: [],
   MESSAGE_RATE_LIMIT: 20,
   UPGRADE_RATE_LIMIT: 60,
-  HISTORY_RATE_LIMIT: 60
+  HISTORY_RATE_LIMIT: 60,
+  GRANT_RECHECK_MS: 60000
 }
 
 async function tempDir (t: Test): Promise<string> {
@@ -135,6 +136,8 @@ const BAD_VALUES: Array<[string, string]> = [
   ['JWT_CLOCK_TOLERANCE_S', 'soon'],
   ['HISTORY_RATE_LIMIT', '0'],
   ['HISTORY_RATE_LIMIT', 'many'],
+  ['GRANT_RECHECK_MS', '99'],
+  ['GRANT_RECHECK_MS', 'hourly'],
   ['HISTORY_MAX', '0'],
   ['MAX_SUBSCRIPTIONS_PER_CONNECTION', '0'],
   ['MAX_BUFFERED_BYTES', '10'],

@@ -160,9 +160,9 @@ t.test('an unsubscribe while authorization is pending: nothing is watched or sen
   await store.grant('alice', 'bob', 100)
   let release: () => void = () => {}
   const access = new Access({
-    isGranted: async (ownerId, viewerId) => {
+    areGranted: async (pairs) => {
       await new Promise<void>((resolve) => { release = resolve })
-      return await store.isGranted(ownerId, viewerId)
+      return await store.areGranted(pairs)
     }
   })
   const hub = new Hub(store, access, quiet, HUB_OPTS)

@@ -277,3 +277,51 @@ t.test('redis: a grant withdrawn while the feed connection was away is caught wh
   t.match(await bob.until((f) => f.type === 'revoked', 3000), { type: 'revoked', userId: 'alice' })
   t.ok(await eventually(() => app.hub.subscriptionCount === 0, 2000), 'the subscription is gone')
 })
+
+/** Removes a grant the way a revoke whose announcement was lost leaves it: the set changed, no instance was told. */
+async function loseRevocation (prefix: string, ownerId: string, viewerId: string): Promise<void> {
+  const raw = (await sharedRedis()).client()
+  try {
+    await raw.srem(`{${prefix}${ownerId}}:viewers`, viewerId)
+  } finally {
+    raw.disconnect()
+  }
+}
+
+t.test('a withdrawal whose announcement was lost ends the subscription at the next periodic re-check (GRANT_RECHECK_MS)', async (t) => {
+  const prefix = uniquePrefix()
+  const app = await buildWithRedis(t, { INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: prefix, GRANT_RECHECK_MS: '200' })
+  await grant(app, 'lo', 'lv')
+  await grant(app, 'lo2', 'lv')
+  const frames = await openSocket(app, 'lv')
+  t.teardown(() => frames.ws.terminate())
+  t.match(await frames.ask({ type: 'subscribe', userId: 'lo' }), { type: 'subscribed', userId: 'lo' })
+  t.match(await frames.ask({ type: 'subscribe', userId: 'lo2' }), { type: 'subscribed', userId: 'lo2' })
+  t.match(await frames.ask({ type: 'subscribe', userId: 'lv' }), { type: 'subscribed', userId: 'lv' })
+  await loseRevocation(prefix, 'lo', 'lv')
+  t.same(await frames.json(3000), { type: 'revoked', userId: 'lo' }, 'revoked within a few re-check periods')
+  await ingest(app, 'lo', 70)
+  await ingest(app, 'lo2', 71)
+  await ingest(app, 'lv', 72)
+  const next: any[] = []
+  while (next.filter((f) => f.type === 'reading').length < 2) next.push(await frames.json())
+  t.same(next.filter((f) => f.type === 'reading').map((f) => `${f.userId} ${f.bpm}`).sort(), ['lo2 71', 'lv 72'], 'the other subscriptions stay live')
+  t.notOk(next.some((f) => f.userId === 'lo'), 'nothing more of lo')
+})
+
+t.test('refresh re-checks the grants of the socket\'s subscriptions: revoked comes before refreshed', async (t) => {
+  const prefix = uniquePrefix()
+  // The periodic re-check at its default (a minute) does not come into this test.
+  const app = await buildWithRedis(t, { INGEST_API_KEYS: KEY, HEART_KEY_PREFIX: prefix })
+  await grant(app, 'ro', 'rv')
+  await grant(app, 'ro2', 'rv')
+  const frames = await openSocket(app, 'rv')
+  t.teardown(() => frames.ws.terminate())
+  t.match(await frames.ask({ type: 'subscribe', userId: 'ro' }), { type: 'subscribed', userId: 'ro' })
+  t.match(await frames.ask({ type: 'subscribe', userId: 'ro2' }), { type: 'subscribed', userId: 'ro2' })
+  await loseRevocation(prefix, 'ro', 'rv')
+  t.same(await frames.ask({ type: 'refresh', token: bearer('rv').authorization.slice(7), reqId: 'f' }), { type: 'revoked', userId: 'ro' })
+  t.match(await frames.json(), { type: 'refreshed', reqId: 'f' })
+  await ingest(app, 'ro2', 75)
+  t.match(await frames.until((f) => f.type === 'reading'), { type: 'reading', userId: 'ro2', bpm: 75 }, 'the granted subscription stays')
+})

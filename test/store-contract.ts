@@ -343,18 +343,23 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
 
     t.test('grants: granted, listed both ways, withdrawn', async (t) => {
       const store = await fresh(t)
-      t.equal(await store.isGranted('owner', 'v1'), false)
+      t.equal((await store.areGranted([{ ownerId: 'owner', viewerId: 'v1' }]))[0], false)
       await store.grant('owner', 'v2', 10)
       await store.grant('owner', 'v1', 10)
       await store.grant('owner', 'v1', 10)
       await store.grant('other', 'v1', 10)
-      t.equal(await store.isGranted('owner', 'v1'), true)
-      t.equal(await store.isGranted('v1', 'owner'), false, 'a grant goes one way')
+      t.equal((await store.areGranted([{ ownerId: 'owner', viewerId: 'v1' }]))[0], true)
+      t.equal((await store.areGranted([{ ownerId: 'v1', viewerId: 'owner' }]))[0], false, 'a grant goes one way')
       t.same(await store.viewersOf('owner'), ['v1', 'v2'])
+      t.same(await store.areGranted([
+        { ownerId: 'owner', viewerId: 'v1' }, { ownerId: 'other', viewerId: 'v2' }, { ownerId: 'owner', viewerId: 'v2' },
+        { ownerId: 'other', viewerId: 'v1' }, { ownerId: 'owner', viewerId: 'v1' }, { ownerId: 'nobody', viewerId: 'v1' }
+      ]), [true, false, true, true, true, false], 'many pairs at once, over several owners, answered in order')
+      t.same(await store.areGranted([]), [], 'none asked, none answered')
       t.same(await store.watchedBy('v1'), ['other', 'owner'])
       t.equal(await store.revoke('owner', 'v1'), true)
       t.equal(await store.revoke('owner', 'v1'), false, 'a second revoke finds nothing')
-      t.equal(await store.isGranted('owner', 'v1'), false)
+      t.equal((await store.areGranted([{ ownerId: 'owner', viewerId: 'v1' }]))[0], false)
       t.same(await store.viewersOf('owner'), ['v2'])
       t.same(await store.watchedBy('v1'), ['other'])
       t.same(await store.viewersOf('nobody'), [])

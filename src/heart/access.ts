@@ -1,7 +1,13 @@
 import type { HeartStore } from './store.js'
 
 /** What the access rule needs from a store: the grants alone. */
-export type GrantStore = Pick<HeartStore, 'isGranted'>
+export type GrantStore = Pick<HeartStore, 'areGranted'>
+
+/** "May `viewerId` read `ownerId`?" */
+export interface ReadQuestion {
+  viewerId: string
+  ownerId: string
+}
 
 /**
  * Who is writing readings. A service key (INGEST_API_KEYS) belongs to a trusted gateway that
@@ -12,6 +18,11 @@ export type Writer =
   | { kind: 'service' }
   | { kind: 'device', ownerId: string }
   | { kind: 'user', userId: string }
+
+/** A user reads their own heart rate with no grant. */
+function readsOwn (q: ReadQuestion): boolean {
+  return q.viewerId === q.ownerId
+}
 
 /** `viewerId` may not read `ownerId`'s heart rate. */
 export class ForbiddenError extends Error {
@@ -30,14 +41,25 @@ export class ForbiddenError extends Error {
  * It is asked each time, never cached, so a withdrawn grant takes effect at the next question.
  *
  * The argument order is always (viewerId, ownerId), "may viewer read owner"; the store's
- * primitive `isGranted(ownerId, viewerId)` is called from here only.
+ * primitive `areGranted` is called from here only.
  */
 export class Access {
   constructor (private readonly grants: GrantStore) {}
 
   /** Whether `viewerId` may read `ownerId`'s heart rate. */
   async canRead (viewerId: string, ownerId: string): Promise<boolean> {
-    return viewerId === ownerId || await this.grants.isGranted(ownerId, viewerId)
+    return (await this.canReadAll([{ viewerId, ownerId }]))[0]
+  }
+
+  /**
+   * The same question for many pairs at once, answered in order; the store is asked once, for the
+   * pairs that need a grant (re-checking every open subscription costs one round trip).
+   */
+  async canReadAll (questions: readonly ReadQuestion[]): Promise<boolean[]> {
+    const needGrant = questions.filter((q) => !readsOwn(q))
+    const granted = needGrant.length === 0 ? [] : await this.grants.areGranted(needGrant)
+    let next = 0
+    return questions.map((q) => readsOwn(q) || granted[next++])
   }
 
   /** Whether `writer` may write `userId`'s readings: a service for anyone, a device for its owner alone, a user for themself alone. */

@@ -1,4 +1,4 @@
-import type { Access } from './access.js'
+import type { Access, ReadQuestion } from './access.js'
 import { presenceAt, type Presence } from './freshness.js'
 import { compareIds } from './reading.js'
 import { readingFrame, statusFrame, type SubscribedState } from './protocol.js'
@@ -348,35 +348,43 @@ export class Hub implements FeedListener {
   }
 
   resumed (userIds?: Iterable<string>): void {
+    const refilled = new Set<string>()
     for (const userId of userIds ?? [...this.topics.keys()]) {
       const topic = this.topics.get(userId)
       if (topic === undefined) continue
+      refilled.add(userId)
       void this.fill(userId, topic)
-      // A revocation published while the feed was away was missed.
-      void this.recheckGrants(userId, new Set([...topic.subs].map((sub) => sub.watcher.userId)), 'after the feed resumed')
     }
+    // A revocation published while the feed was away was missed.
+    void this.recheckGrants((sub) => refilled.has(sub.userId), 'after the feed resumed')
   }
 
-  /** Asks the access rule again for every user `watcher`'s user watches, ending what it no longer may read. */
+  /** Asks the access rule again for every user `watcher` watches (a `refresh`), ending what it no longer may read. */
   async recheck (watcher: Watcher): Promise<void> {
-    const owners = new Set<string>()
-    for (const [ownerId, topic] of this.topics) {
-      for (const sub of topic.subs) if (sub.watcher === watcher) owners.add(ownerId)
-    }
-    for (const ownerId of owners) await this.recheckGrants(ownerId, new Set([watcher.userId]), 'on request')
+    await this.recheckGrants((sub) => sub.watcher === watcher, 'on refresh')
   }
 
   /**
-   * Ends every local subscription of these viewers to `ownerId` whose grant no longer holds, as a
-   * withdrawal announced by the feed would. A check that fails is logged and leaves the subscription.
+   * Asks again, in one batched question, for every live subscription `which` selects to another
+   * user's readings, and ends those whose grant no longer holds, as a withdrawal announced by the
+   * feed would: a withdrawal whose announcement was lost is caught here. A check that fails is
+   * logged and leaves the subscriptions; the next one asks again.
    */
-  private async recheckGrants (ownerId: string, viewers: Set<string>, when: string): Promise<void> {
-    for (const viewerId of viewers) {
-      try {
-        if (!await this.access.canRead(viewerId, ownerId)) this.revoked(ownerId, viewerId)
-      } catch (err) {
-        this.log.warn({ err, ownerId, viewerId }, `could not re-check a grant ${when}`)
+  async recheckGrants (which: (sub: Subscription) => boolean = () => true, when = 'periodically'): Promise<void> {
+    const questions = new Map<string, ReadQuestion>()
+    for (const [ownerId, topic] of this.topics) {
+      for (const sub of topic.subs) {
+        const viewerId = sub.watcher.userId
+        if (which(sub)) questions.set(`${viewerId} ${ownerId}`, { viewerId, ownerId })
       }
+    }
+    if (questions.size === 0) return
+    const asked = [...questions.values()]
+    try {
+      const answers = await this.access.canReadAll(asked)
+      asked.forEach((q, i) => { if (!answers[i]) this.revoked(q.ownerId, q.viewerId) })
+    } catch (err) {
+      this.log.warn({ err, subscriptions: asked.length }, `could not re-check grants ${when}`)
     }
   }
 

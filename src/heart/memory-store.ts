@@ -1,7 +1,7 @@
 import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MemoryFeed } from './memory-feed.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
-import { byCreation, type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
+import { byCreation, type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
 
 interface UserData {
   current: Current | null
@@ -123,8 +123,8 @@ export class MemoryStore implements HeartStore {
     return had
   }
 
-  async isGranted (ownerId: string, viewerId: string): Promise<boolean> {
-    return this.viewers.get(ownerId)?.has(viewerId) ?? false
+  async areGranted (pairs: readonly GrantPair[]): Promise<boolean[]> {
+    return pairs.map(({ ownerId, viewerId }) => this.viewers.get(ownerId)?.has(viewerId) ?? false)
   }
 
   async viewersOf (ownerId: string): Promise<string[]> {

@@ -7,7 +7,7 @@ import { legacyKey, userKeys } from './redis-keys.js'
 import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import {
   NotConfirmedError, StoreUnavailableError, byCreation,
-  type AppendResult, type DeviceInfo, type DeviceRecord, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
+  type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
 } from './store.js'
 
 type StreamEntry = [id: string, fields: string[]]
@@ -303,8 +303,20 @@ export class RedisStore implements HeartStore {
     return results?.[0]?.[1] === 1
   }
 
-  async isGranted (ownerId: string, viewerId: string): Promise<boolean> {
-    return await this.guarded(() => this.redis.sismember(userKeys(this.prefix, ownerId).viewers, viewerId)) === 1
+  async areGranted (pairs: readonly GrantPair[]): Promise<boolean[]> {
+    // One SMISMEMBER per owner (its set lives in its own slot), all issued in one tick: auto-pipelining
+    // sends them together, to each cluster node the ones of its slots.
+    const byOwner = new Map<string, string[]>()
+    for (const { ownerId, viewerId } of pairs) {
+      const viewers = byOwner.get(ownerId)
+      if (viewers === undefined) byOwner.set(ownerId, [viewerId])
+      else viewers.push(viewerId)
+    }
+    const owners = [...byOwner]
+    const answers = await this.guarded(() => Promise.all(owners.map(([ownerId, viewers]) => this.redis.smismember(userKeys(this.prefix, ownerId).viewers, ...viewers))))
+    const granted = new Map<string, Map<string, boolean>>()
+    owners.forEach(([ownerId, viewers], i) => granted.set(ownerId, new Map(viewers.map((v, j) => [v, answers[i][j] === 1]))))
+    return pairs.map(({ ownerId, viewerId }) => granted.get(ownerId)?.get(viewerId) === true)
   }
 
   async viewersOf (ownerId: string): Promise<string[]> {

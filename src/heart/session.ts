@@ -221,6 +221,9 @@ export class HeartSession implements Watcher {
         }
         if (principal.userId !== this.userId) throw new FrameError('unauthorized', 'refresh refused: the token is for another user', reqId)
         this.setExpiry(principal.validUntilMs)
+        // A refresh is also when a client asks to be held to the grants of now: any it lost
+        // comes as `revoked` before `refreshed`.
+        await this.deps.hub.recheck(this)
         this.reply(refreshedFrame(principal.exp, reqId))
         return
       }

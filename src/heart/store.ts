@@ -58,6 +58,12 @@ export interface AppendResult {
   duplicates: number
 }
 
+/** One grant, as a store keeps it: the owner's set of viewers holds the viewer. */
+export interface GrantPair {
+  ownerId: string
+  viewerId: string
+}
+
 /** Receives what the live feed delivers. */
 export interface FeedListener {
   reading (userId: string, reading: LiveReading): void
@@ -113,7 +119,11 @@ export interface HeartStore {
   grant (ownerId: string, viewerId: string, maxViewers: number): Promise<boolean>
   /** Withdraws a grant and tells every instance (the feed's `revoked`); false when there was none. */
   revoke (ownerId: string, viewerId: string): Promise<boolean>
-  isGranted (ownerId: string, viewerId: string): Promise<boolean>
+  /**
+   * Whether each owner has granted each viewer, in the order asked: one round trip for all of
+   * them (on a cluster, one per node holding an owner), so re-checking many subscriptions is cheap.
+   */
+  areGranted (pairs: readonly GrantPair[]): Promise<boolean[]>
   /** Who may read `ownerId`, sorted. */
   viewersOf (ownerId: string): Promise<string[]>
   /** Whom `viewerId` may read, sorted. */
