@@ -22,6 +22,8 @@ export const configSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
   NODE_ENV: Type.Enum(['development', 'production', 'test'], { default: 'development' }),
+  // Unset: Redis when one is configured, else the embedded store, which production refuses (checkRedisChoice).
+  STORE: Type.Optional(Type.Enum(['redis', 'memory'])),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
   // Redis Cluster or Sentinel instead of REDIS_URL: comma lists of host:port.
   REDIS_CLUSTER_NODES: Type.Optional(Type.String({ pattern: HOST_PORT_LIST })),
@@ -122,10 +124,21 @@ function checkTrustProxy (value: string): void {
   throw new Error('env/TRUST_PROXY must be true, false, or a comma list of proxy addresses, CIDR ranges, loopback, linklocal or uniquelocal (hop counts are not accepted)')
 }
 
-/** One way to reach Redis at most, and a Sentinel deployment needs its master's name. */
+const REDIS_SETTINGS = 'REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES'
+
+/**
+ * One way to reach Redis at most, a Sentinel deployment needs its master's name, and STORE agrees
+ * with it. Production never falls back to the embedded store by omission: several instances behind
+ * nginx would each keep data of their own.
+ */
 function checkRedisChoice (cfg: Config): void {
   const chosen = (['REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_SENTINELS'] as const).filter((k) => cfg[k] !== undefined)
   if (chosen.length > 1) throw new Error(`env/${chosen[1]} cannot be combined with ${chosen[0]}: set one way to reach Redis`)
+  if (cfg.STORE === 'redis' && chosen.length === 0) throw new Error(`env/STORE=redis needs ${REDIS_SETTINGS}`)
+  if (cfg.STORE === 'memory' && chosen.length > 0) throw new Error(`env/STORE=memory cannot be combined with ${chosen[0]}: choose one store`)
+  if (cfg.STORE === undefined && chosen.length === 0 && cfg.NODE_ENV === 'production') {
+    throw new Error(`env/STORE: with NODE_ENV=production set ${REDIS_SETTINGS}, or STORE=memory to run on the embedded store (one instance only; nothing survives a restart)`)
+  }
   if (cfg.REDIS_SENTINELS !== undefined && cfg.REDIS_SENTINEL_NAME === undefined) {
     throw new Error('env/REDIS_SENTINEL_NAME must name the master group when REDIS_SENTINELS is set')
   }

@@ -15,6 +15,7 @@ const DEFAULTS: Record<string, unknown> = {
   PORT: 3000,
   LOG_LEVEL: 'info',
   NODE_ENV: 'development',
+  STORE: undefined,
   REDIS_URL: undefined,
   REDIS_CLUSTER_NODES: undefined,
   REDIS_SENTINELS: undefined,
@@ -78,7 +79,7 @@ t.test('every setting of the schema has a known default', async (t) => {
 
 t.test('settings left unset take their defaults in app.config', async (t) => {
   // JWT_SECRET stays set so no development secret is generated here; the rest is unset.
-  const app = await build(t, { NODE_ENV: undefined, LOG_LEVEL: undefined, MESSAGE_RATE_LIMIT: undefined, UPGRADE_RATE_LIMIT: undefined, MAX_CONNECTIONS_PER_USER: undefined })
+  const app = await build(t, { NODE_ENV: undefined, LOG_LEVEL: undefined, STORE: undefined, MESSAGE_RATE_LIMIT: undefined, UPGRADE_RATE_LIMIT: undefined, MAX_CONNECTIONS_PER_USER: undefined })
   for (const [name, value] of Object.entries(DEFAULTS)) {
     if (name === 'JWT_SECRET') continue
     t.same((app.config as unknown as Record<string, unknown>)[name], value, name)
@@ -141,6 +142,7 @@ const BAD_VALUES: Array<[string, string]> = [
   ['HISTORY_MAX', '0'],
   ['MAX_SUBSCRIPTIONS_PER_CONNECTION', '0'],
   ['MAX_BUFFERED_BYTES', '10'],
+  ['STORE', 'disk'],
   ['MAX_CONNECTIONS', '0'],
   ['MAX_CONNECTIONS', 'many'],
   ['LEGACY_KEYSPACE_EVENTS', 'maybe'],
@@ -296,4 +298,16 @@ t.test('one way to reach Redis at most, and Sentinel needs the master name', asy
   await t.rejects(build(t, { REDIS_CLUSTER_NODES: '127.0.0.1' }), /REDIS_CLUSTER_NODES/)
   await t.rejects(build(t, { REDIS_CLUSTER_NODES: '127.0.0.1:7000', REDIS_WAIT_REPLICAS: '1' }), /REDIS_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINELS/)
   t.equal(loadConfig({ REDIS_URL: 'redis://127.0.0.1:1', REDIS_WAIT_REPLICAS: '2' }).REDIS_WAIT_REPLICAS, 2)
+})
+
+t.test('STORE: production refuses to start on the embedded store unless asked for; development keeps it as the default', async (t) => {
+  const prod = { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40) }
+  await t.rejects(build(t, { ...prod, STORE: undefined }), { message: /STORE: with NODE_ENV=production set REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES, or STORE=memory/ })
+  const memory = await build(t, { ...prod, STORE: 'memory' })
+  t.equal(memory.heartStore.constructor.name, 'MemoryStore', 'STORE=memory in production: the embedded store')
+  const dev = await build(t, { NODE_ENV: 'development', STORE: undefined })
+  t.equal(dev.heartStore.constructor.name, 'MemoryStore', 'development without Redis: the embedded store, as before')
+  await t.rejects(build(t, { STORE: 'redis' }), { message: /STORE=redis needs REDIS_URL/ })
+  await t.rejects(build(t, { STORE: 'memory', REDIS_URL: 'redis://127.0.0.1:1' }), { message: /STORE=memory cannot be combined with REDIS_URL/ })
+  t.throws(() => loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40) }), { message: /\bSTORE\b/ }, 'loadConfig (the server) too')
 })

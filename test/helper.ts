@@ -71,6 +71,8 @@ export function testEnv (env: Env = {}): Env {
     MESSAGE_RATE_LIMIT: '100000',
     UPGRADE_RATE_LIMIT: '100000',
     MAX_CONNECTIONS_PER_USER: '1000',
+    // The embedded store by choice where no Redis is given, as production now requires.
+    ...(env.REDIS_URL ?? env.REDIS_SENTINELS ?? env.REDIS_CLUSTER_NODES) === undefined ? { STORE: 'memory' } : {},
     ...env
   }
 }

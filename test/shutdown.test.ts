@@ -133,8 +133,15 @@ t.test('MAX_PAYLOAD_BYTES that is not a number: exits 1 naming MAX_PAYLOAD_BYTES
   t.match(output, /MAX_PAYLOAD_BYTES/)
 })
 
+t.test('NODE_ENV=production without a Redis setting or STORE=memory: exits 1 naming STORE', async (t) => {
+  const { code, output } = await failedStart({ NODE_ENV: 'production', LOG_LEVEL: 'info', JWT_SECRET: 'p'.repeat(40) })
+  t.equal(code, 1)
+  t.match(output, /STORE: with NODE_ENV=production set REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES, or STORE=memory/)
+  t.notMatch(output, /Server listening/)
+})
+
 t.test('NODE_ENV=production without JWT_SECRET: exits 1 naming JWT_SECRET', async (t) => {
-  const { code, output } = await failedStart({ NODE_ENV: 'production', LOG_LEVEL: 'info' })
+  const { code, output } = await failedStart({ NODE_ENV: 'production', STORE: 'memory', LOG_LEVEL: 'info' })
   t.equal(code, 1)
   t.match(output, /JWT_SECRET/)
   t.notMatch(output, /Server listening/)
@@ -142,14 +149,14 @@ t.test('NODE_ENV=production without JWT_SECRET: exits 1 naming JWT_SECRET', asyn
 
 t.test('NODE_ENV=production with a JWT_SECRET under 32 characters: exits 1 naming JWT_SECRET, not printing it', async (t) => {
   const secret = 'short-secret-9f3a'
-  const { code, output } = await failedStart({ NODE_ENV: 'production', LOG_LEVEL: 'info', JWT_SECRET: secret })
+  const { code, output } = await failedStart({ NODE_ENV: 'production', STORE: 'memory', LOG_LEVEL: 'info', JWT_SECRET: secret })
   t.equal(code, 1)
   t.match(output, /JWT_SECRET/)
   t.notOk(output.includes(secret), 'the secret is not printed')
 })
 
 t.test('a start-up failure is printed on stderr even with LOG_LEVEL=silent', async (t) => {
-  const { code, output } = await failedStart({ NODE_ENV: 'production', LOG_LEVEL: 'silent' })
+  const { code, output } = await failedStart({ NODE_ENV: 'production', STORE: 'memory', LOG_LEVEL: 'silent' })
   t.equal(code, 1)
   t.match(output, /could not start: .*JWT_SECRET/)
 })
