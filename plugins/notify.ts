@@ -65,8 +65,11 @@ export default fp(async function notify (fastify) {
   }
 
   fastify.decorate('alertNotifier', notifier)
-  fastify.decorate('alertOpened', (alert: OpenedAlert) => {
+  const alertOpened = (alert: OpenedAlert): void => {
     opened.labels(alert.kind).inc()
     notifier?.opened(alert)
-  })
+  }
+  fastify.decorate('alertOpened', alertOpened)
+  // The store tells this instance of every episode its own writes open (ingest, publish, offline).
+  fastify.heartStore.onAlertOpened(alertOpened)
 }, { name: 'notify', dependencies: ['config', 'metrics', 'store'] })

@@ -17,6 +17,7 @@ import health from '../routes/health.js'
 import authRoutes from '../routes/auth.js'
 import heartCurrent from '../routes/heart/current.js'
 import heartReadings from '../routes/heart/readings.js'
+import heartAlerts from '../routes/heart/alerts.js'
 import alertRules from '../routes/heart/alert-rules.js'
 import shares from '../routes/shares.js'
 import devices from '../routes/devices.js'
@@ -82,6 +83,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(authRoutes)
   await fastify.register(heartCurrent)
   await fastify.register(heartReadings)
+  await fastify.register(heartAlerts)
   await fastify.register(alertRules)
   await fastify.register(shares)
   await fastify.register(devices)

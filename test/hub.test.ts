@@ -183,7 +183,7 @@ t.test('resubscribe answers the current state of what is already watched, and is
   const sub = new Subscription(recorder('bob'), 'alice')
   await hub.subscribe(sub, undefined, () => {})
   const [id] = (await store.append('alice', [{ bpm: 72, ts: 5 }])).ids
-  t.same(await hub.resubscribe(sub), { current: { bpm: 72, ts: 5 }, lastId: id, truncated: false, state: 'offline', lastTs: 5 })
+  t.same(await hub.resubscribe(sub), { current: { bpm: 72, ts: 5 }, lastId: id, truncated: false, state: 'offline', lastTs: 5, alerts: [] })
   await store.revoke('alice', 'bob')
   await t.rejects(hub.resubscribe(new Subscription(recorder('bob'), 'alice')), new ForbiddenError('alice'))
 })

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import {
   CLIENT_FRAME_TYPES, CloseCode, ERROR_CODES,
-  currentFrame, errorFrame, pongFrame, readingFrame, refreshedFrame, revokedFrame, statusFrame, subscribedFrame, unsubscribedFrame
+  alertFrame, currentFrame, errorFrame, pongFrame, readingFrame, refreshedFrame, revokedFrame, statusFrame, subscribedFrame, unsubscribedFrame
 } from '../src/heart/protocol.js'
 import { configSchema } from '../plugins/config.js'
 
@@ -18,7 +18,8 @@ const readme = await readFile(fileURLToPath(new URL('../README.md', import.meta.
 const SERVER_FRAME_TYPES = [
   currentFrame('u1', null),
   pongFrame(),
-  subscribedFrame('u1', { current: null, lastId: null, truncated: false, state: 'offline', lastTs: null }),
+  subscribedFrame('u1', { current: null, lastId: null, truncated: false, state: 'offline', lastTs: null, alerts: [] }),
+  alertFrame({ alertId: '1-0', userId: 'u1', kind: 'high', state: 'open', bpm: 150, ts: 1, openedAt: 1 }),
   readingFrame('u1', { id: '1-0', bpm: 72, ts: 1 }),
   statusFrame('u1', 'offline', null),
   unsubscribedFrame('u1'),

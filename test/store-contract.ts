@@ -1,5 +1,6 @@
 import type { Test } from 'tap'
 import { compareIds, type NewReading } from '../src/heart/reading.js'
+import type { Alert } from '../src/heart/episodes.js'
 import type { DeviceRecord, FeedListener, HeartStore, LiveReading } from '../src/heart/store.js'
 import { eventually } from './helper.js'
 
@@ -23,6 +24,11 @@ export class Recorder implements FeedListener {
 
   resumed (): void {
     this.resumes++
+  }
+
+  readonly alerts: Alert[] = []
+  alert (_userId: string, a: Alert): void {
+    this.alerts.push(a)
   }
 
   readonly revocations: Array<[ownerId: string, viewerId: string]> = []
@@ -69,7 +75,7 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
     t.test('a user with no readings has no current value, no last id and an empty history', async (t) => {
       const store = await fresh(t)
       t.equal(await store.current('nobody'), null)
-      t.same(await store.snapshot('nobody'), { current: null, lastId: null })
+      t.same(await store.snapshot('nobody'), { current: null, lastId: null, alerts: [] })
       t.same(await store.history('nobody', { limit: 10 }), { readings: [], truncated: false })
       t.same(await store.history('nobody', { since: '0-0', limit: 10 }), { readings: [], truncated: false })
     })
@@ -217,7 +223,7 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
         { id: again.ids[1], bpm: 75, ts: 3000 }
       ], 'each reading once')
       const all = await store.append('u1', [{ bpm: 75, ts: 3000 }])
-      t.same(all, { ids: [again.ids[1]], duplicates: 1 }, 'a request of duplicates only')
+      t.same(all, { ids: [again.ids[1]], duplicates: 1, alerts: [] }, 'a request of duplicates only')
       // A reading of another user, appended after, arrives after anything the resends could have published.
       await store.feed.watch('u2')
       await store.append('u2', [{ bpm: 60, ts: 1 }])
@@ -228,7 +234,7 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
     t.test('a duplicate is identified by ts alone and leaves the current value alone', async (t) => {
       const store = await fresh(t)
       const [id] = await add(store, 'u1', [{ bpm: 80, ts: 5000 }])
-      t.same(await store.append('u1', [{ bpm: 81, ts: 5000 }]), { ids: [id], duplicates: 1 })
+      t.same(await store.append('u1', [{ bpm: 81, ts: 5000 }]), { ids: [id], duplicates: 1, alerts: [] })
       t.same(await store.current('u1'), { bpm: 80, ts: 5000 })
       t.same((await store.history('u1', { limit: 10 })).readings, [{ id, bpm: 80, ts: 5000 }])
     })
@@ -247,7 +253,7 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       const b = await store.append('u1', [{ bpm: 72, ts: 1000 }, { bpm: 73, ts: 1000, serverTs: true }])
       t.equal(a.duplicates + b.duplicates, 0)
       t.equal(new Set([...a.ids, ...b.ids]).size, 4)
-      t.same(await store.append('u1', [{ bpm: 74, ts: 1000 }]), { ids: [b.ids[0]], duplicates: 1 }, 'the one with its own ts is found again')
+      t.same(await store.append('u1', [{ bpm: 74, ts: 1000 }]), { ids: [b.ids[0]], duplicates: 1, alerts: [] }, 'the one with its own ts is found again')
     })
 
     t.test('users are deduplicated apart: the same ts of another user is a new reading', async (t) => {
@@ -260,7 +266,7 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       const store = await fresh(t, 3)
       const [old] = await add(store, 'u1', [{ bpm: 60, ts: 1 }])
       const kept = await add(store, 'u1', [{ bpm: 61, ts: 2 }, { bpm: 62, ts: 3 }, { bpm: 63, ts: 4 }])
-      t.same(await store.append('u1', [{ bpm: 62, ts: 3 }]), { ids: [kept[1]], duplicates: 1 }, 'still in history')
+      t.same(await store.append('u1', [{ bpm: 62, ts: 3 }]), { ids: [kept[1]], duplicates: 1, alerts: [] }, 'still in history')
       const again = await store.append('u1', [{ bpm: 60, ts: 1 }])
       t.equal(again.duplicates, 0, 'trimmed: stored as new')
       t.not(again.ids[0], old)
@@ -283,9 +289,9 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
     t.test('snapshot gives the current value and the newest history id', async (t) => {
       const store = await fresh(t)
       const [a] = await add(store, 'u1', [{ bpm: 70, ts: 2000 }])
-      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: a })
+      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: a, alerts: [] })
       const [b] = await add(store, 'u1', [{ bpm: 50, ts: 1000 }])
-      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: b }, 'lastId follows history, current follows ts')
+      t.same(await store.snapshot('u1'), { current: { bpm: 70, ts: 2000 }, lastId: b, alerts: [] }, 'lastId follows history, current follows ts')
     })
 
     t.test('the feed delivers appended readings of a watched user, with their ids, in order', async (t) => {
@@ -447,6 +453,102 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       await store.deleteAlertRules('u1')
       t.equal(await store.alertRules('u1'), null)
       await t.resolves(store.deleteAlertRules('u1'), 'deleting what is not there is harmless')
+    })
+
+    const kindsAndStates = (alerts: Alert[]): string[] => alerts.map((a) => `${a.kind}:${a.state}`)
+    const readingsAt = (t0: number, bpms: number[], stepMs = 1000): NewReading[] => bpms.map((bpm, i) => ({ bpm, ts: t0 + i * stepMs }))
+
+    t.test('episodes: high opens at the first reading above it (sustainS 0) and closes at high - 5 or below, once each', async (t) => {
+      const store = await fresh(t)
+      const rec = new Recorder()
+      store.feed.setListener(rec)
+      await store.feed.watch('u1')
+      const opened: Alert[] = []
+      store.onAlertOpened((a) => opened.push(a))
+      await store.setAlertRules('u1', { high: 120, sustainS: 0, offline: false })
+      const t0 = 1_764_115_200_000
+      const r1 = await store.append('u1', readingsAt(t0, [100, 121, 150]))
+      t.same(kindsAndStates(r1.alerts), ['high:open'], 'opens once, at 121')
+      t.match(r1.alerts[0], { userId: 'u1', kind: 'high', state: 'open', bpm: 121, ts: t0 + 1000, openedAt: t0 + 1000 })
+      t.equal(r1.alerts[0].alertId, r1.alerts[0].alertId.match(/^\d+-\d+$/)?.[0])
+      t.same((await store.snapshot('u1')).alerts, r1.alerts, 'the snapshot lists it while open')
+      const r2 = await store.append('u1', readingsAt(t0 + 3000, [118, 116]))
+      t.same(r2.alerts, [], 'hysteresis: 118 and 116 are above 115')
+      const r3 = await store.append('u1', readingsAt(t0 + 5000, [115, 90]))
+      t.same(kindsAndStates(r3.alerts), ['high:closed'])
+      t.match(r3.alerts[0], { alertId: r1.alerts[0].alertId, state: 'closed', closedAt: t0 + 5000, openedAt: t0 + 1000, bpm: 121 })
+      t.same((await store.snapshot('u1')).alerts, [])
+      t.same(opened.map((a) => a.alertId), [r1.alerts[0].alertId], 'the sink hears the opening only')
+      t.ok(await eventually(() => rec.alerts.length === 2, 3000), 'both transitions reach the feed')
+      t.same(kindsAndStates(rec.alerts), ['high:open', 'high:closed'])
+      const list = await store.alerts('u1', { limit: 10 })
+      t.same(kindsAndStates(list), ['high:closed'], 'one episode, as it stands now')
+      t.same(await store.alerts('u1', { since: list[0].alertId, limit: 10 }), [])
+    })
+
+    t.test('episodes: low with sustainS opens only after readings stay below it that long; a reading back inside resets it', async (t) => {
+      const store = await fresh(t)
+      await store.setAlertRules('u1', { low: 45, sustainS: 10, offline: false })
+      const t0 = 1_764_115_200_000
+      t.same((await store.append('u1', readingsAt(t0, [44, 43, 42, 41, 40, 39, 40, 41, 42, 43]))).alerts, [], '9 s below: not yet')
+      t.same((await store.append('u1', readingsAt(t0 + 10_000, [46]))).alerts, [], 'back above the limit resets the clock')
+      t.same((await store.append('u1', readingsAt(t0 + 11_000, [40, 40, 40, 40, 40, 40, 40, 40, 40, 40]))).alerts, [], '9 s again')
+      const r = await store.append('u1', [{ bpm: 38, ts: t0 + 21_000 }])
+      t.same(kindsAndStates(r.alerts), ['low:open'], 'open once 10 s below')
+      t.match(r.alerts[0], { bpm: 38, ts: t0 + 21_000 })
+      t.same((await store.append('u1', readingsAt(t0 + 22_000, [49]))).alerts, [], '49 is below low + 5')
+      t.same(kindsAndStates((await store.append('u1', readingsAt(t0 + 23_000, [50]))).alerts), ['low:closed'])
+    })
+
+    t.test('episodes: no rules, no episodes; a late reading changes nothing; duplicates evaluate nothing; deleting the rules closes an open one', async (t) => {
+      const store = await fresh(t)
+      const t0 = 1_764_115_200_000
+      t.same((await store.append('u1', readingsAt(t0, [200, 210]))).alerts, [], 'no rules')
+      await store.setAlertRules('u1', { high: 120, sustainS: 0, offline: false })
+      const opened = await store.append('u1', [{ bpm: 150, ts: t0 + 5000 }])
+      t.same(kindsAndStates(opened.alerts), ['high:open'])
+      t.same((await store.append('u1', [{ bpm: 60, ts: t0 + 4000 }])).alerts, [], 'older than what was evaluated: late, not news')
+      const dup = await store.append('u1', [{ bpm: 150, ts: t0 + 5000 }])
+      t.equal(dup.duplicates, 1)
+      t.same(dup.alerts, [])
+      await store.deleteAlertRules('u1')
+      t.same(kindsAndStates((await store.append('u1', [{ bpm: 150, ts: t0 + 6000 }])).alerts), ['high:closed'], 'without rules an open episode closes at the next reading')
+    })
+
+    t.test('episodes: offline opens once for the last reading the callers saw, and closes at the next reading', async (t) => {
+      const store = await fresh(t)
+      const opened: Alert[] = []
+      store.onAlertOpened((a) => opened.push(a))
+      const t0 = Date.now() - 60_000
+      await store.append('u1', [{ bpm: 72, ts: t0 }])
+      t.equal(await store.openOffline('u1', t0, 15_000), null, 'the rule is off')
+      await store.setAlertRules('u1', { offline: true, sustainS: 0 })
+      const [a, b] = await Promise.all([store.openOffline('u1', t0, 15_000), store.openOffline('u1', t0, 15_000)])
+      const one = a ?? b
+      t.ok((a === null) !== (b === null), 'two callers at once: exactly one opens it')
+      t.match(one, { kind: 'offline', state: 'open', bpm: 72, ts: t0, openedAt: t0 + 15_000 })
+      t.same(opened.map((x) => x.alertId), [one!.alertId])
+      t.equal(await store.openOffline('u1', t0, 15_000), null, 'already open')
+      t.same((await store.snapshot('u1')).alerts, [one])
+      const back = await store.append('u1', [{ bpm: 75, ts: Date.now() }])
+      t.same(kindsAndStates(back.alerts), ['offline:closed'])
+      t.equal(await store.openOffline('u1', t0, 15_000), null, 'a reading came after the one the caller saw')
+    })
+
+    t.test('episodes: the list pages by alertId, oldest first, and keeps the newest ones', async (t) => {
+      const store = await fresh(t)
+      await store.setAlertRules('u1', { high: 120, sustainS: 0, offline: false })
+      const t0 = 1_764_115_200_000
+      const readings: NewReading[] = []
+      for (let i = 0; i < 6; i++) readings.push({ bpm: 150, ts: t0 + i * 2000 }, { bpm: 80, ts: t0 + i * 2000 + 1000 })
+      const r = await store.append('u1', readings)
+      t.equal(r.alerts.length, 12, 'six episodes, each opened and closed')
+      const all = await store.alerts('u1', { limit: 100 })
+      t.equal(all.length, 6)
+      t.ok(ascending(all.map((a) => a.alertId)))
+      t.same(all.map((a) => a.state), ['closed', 'closed', 'closed', 'closed', 'closed', 'closed'])
+      t.same(await store.alerts('u1', { limit: 2 }), all.slice(4), 'without since: the newest')
+      t.same(await store.alerts('u1', { since: all[1].alertId, limit: 3 }), all.slice(2, 5))
     })
   })
 }

@@ -111,7 +111,7 @@ t.test('redis store specifics', async (t) => {
     t.teardown(() => writer.disconnect())
     await writer.set(`${prefix}u1`, '64')
     t.same(await store.current('u1'), { bpm: 64, ts: null })
-    t.same(await store.snapshot('u1'), { current: { bpm: 64, ts: null }, lastId: null })
+    t.same(await store.snapshot('u1'), { current: { bpm: 64, ts: null }, lastId: null, alerts: [] })
     await store.append('u1', [{ bpm: 70, ts: 1000 }])
     t.same(await store.current('u1'), { bpm: 70, ts: 1000 }, 'even an old reading is newer than an unknown time')
     await writer.set(`${prefix}u1`, '66')

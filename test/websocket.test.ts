@@ -164,7 +164,7 @@ for (const store of STORES) {
   t.test(`[${store.name}] subscribe to the own id answers subscribed with current null when there is no reading`, async (t) => {
     const app = await store.build(t)
     const frames = await open(t, app)
-    t.same(await frames.ask({ type: 'subscribe', userId: 'u1' }), { type: 'subscribed', userId: 'u1', current: null, lastId: null, state: 'offline', lastTs: null })
+    t.same(await frames.ask({ type: 'subscribe', userId: 'u1' }), { type: 'subscribed', userId: 'u1', current: null, lastId: null, state: 'offline', lastTs: null, alerts: [] })
   })
 }
 

@@ -1,7 +1,8 @@
 import type { Access, ReadQuestion } from './access.js'
 import { presenceAt, type Presence } from './freshness.js'
 import { compareIds } from './reading.js'
-import { readingFrame, statusFrame, type SubscribedState } from './protocol.js'
+import { alertFrame, readingFrame, statusFrame, type SubscribedState } from './protocol.js'
+import type { Alert } from './episodes.js'
 import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading, type Snapshot } from './store.js'
 
 /** Where a subscription's frames go: a socket session. */
@@ -21,7 +22,7 @@ export interface Watcher {
   notify (userId: string, frame: string): void
 }
 
-type Held = { frame: Buffer, id: string | null } | { status: Presence, frame: string }
+type Held = { frame: Buffer, id: string | null } | { status: Presence, frame: string } | { alert: string, frame: string }
 
 /** One socket watching one user. */
 export class Subscription {
@@ -38,6 +39,8 @@ export class Subscription {
   revokedEarly = false
   /** The presence the watcher was last told (by `subscribed` or a status frame); null before `subscribed`. */
   told: Presence | null = null
+  /** Alert transitions (`<alertId>:<state>`) already told, by `subscribed` or a frame: each is sent once. */
+  private readonly toldAlerts = new Set<string>()
 
   constructor (readonly watcher: Watcher, readonly userId: string) {}
 
@@ -74,12 +77,25 @@ export class Subscription {
     this.watcher.notify(this.userId, frame)
   }
 
+  /** An alert episode opened or closed: never dropped or conflated, and sent once per transition. */
+  offerAlert (key: string, frame: string): void {
+    if (!this.active) return
+    if (this.held !== null) {
+      this.held.push({ alert: key, frame })
+      return
+    }
+    if (this.toldAlerts.has(key)) return
+    this.toldAlerts.add(key)
+    this.watcher.notify(this.userId, frame)
+  }
+
   /**
-   * `subscribed` reports `state`: it stands for every change so far, so the changes held until
-   * now are not sent after it.
+   * `subscribed` reports `state` and the open alerts: it stands for every presence change so
+   * far, so the changes held until now are not sent after it, nor an opening it already lists.
    */
-  tell (state: Presence): void {
+  tell (state: Presence, openAlerts: Alert[]): void {
     this.told = state
+    for (const a of openAlerts) this.toldAlerts.add(`${a.alertId}:open`)
     if (this.held !== null) this.held = this.held.filter((h) => !('status' in h))
   }
 
@@ -89,6 +105,7 @@ export class Subscription {
     this.held = null
     for (const h of held) {
       if ('status' in h) this.offerStatus(h.status, h.frame)
+      else if ('alert' in h) this.offerAlert(h.alert, h.frame)
       else this.offer(h.frame, h.id)
     }
   }
@@ -232,7 +249,7 @@ export class Hub implements FeedListener {
     if (topic === undefined || !sub.active) {
       // Ended meanwhile (revoked): the answer stands alone, nothing follows it.
       const lastTs = snap.current?.ts ?? null
-      return { current: snap.current, lastId: snap.lastId, truncated: false, state: presenceAt(lastTs, Date.now(), this.offlineAfterMs), lastTs }
+      return { current: snap.current, lastId: snap.lastId, truncated: false, state: presenceAt(lastTs, Date.now(), this.offlineAfterMs), lastTs, alerts: snap.alerts }
     }
     this.seen(topic, sub.userId, snap.current?.ts ?? null)
     return this.stateOf(sub, topic, snap, false)
@@ -241,8 +258,8 @@ export class Hub implements FeedListener {
   /** What `subscribed` says, and what the watcher is from then on known to have been told. */
   private stateOf (sub: Subscription, topic: Topic, snap: Snapshot, truncated: boolean): SubscribeResult {
     const state = presenceAt(topic.lastTs, Date.now(), this.offlineAfterMs)
-    sub.tell(state)
-    return { current: snap.current, lastId: snap.lastId, truncated, state, lastTs: topic.lastTs }
+    sub.tell(state, snap.alerts)
+    return { current: snap.current, lastId: snap.lastId, truncated, state, lastTs: topic.lastTs, alerts: snap.alerts }
   }
 
   /**
@@ -276,6 +293,11 @@ export class Hub implements FeedListener {
     }
     topic.presence = 'offline'
     this.announce(topic, userId)
+    // Every instance watching the user asks; the store opens the episode once, and its feed tells everyone.
+    if (topic.lastTs !== null) {
+      this.store.openOffline(userId, topic.lastTs, this.offlineAfterMs)
+        .catch((err) => this.log.warn({ err, userId }, 'could not record the offline alert'))
+    }
   }
 
   private announce (topic: Topic, userId: string): void {
@@ -331,6 +353,14 @@ export class Hub implements FeedListener {
     const frame = Buffer.from(readingFrame(userId, r))
     for (const sub of topic.subs) sub.offer(frame, r.id)
     if (r.id !== null) this.observer?.pushed(r.id)
+  }
+
+  alert (userId: string, alert: Alert): void {
+    const topic = this.topics.get(userId)
+    if (topic === undefined) return
+    const frame = alertFrame(alert)
+    const key = `${alert.alertId}:${alert.state}`
+    for (const sub of topic.subs) sub.offerAlert(key, frame)
   }
 
   revoked (ownerId: string, viewerId: string): void {
@@ -415,6 +445,8 @@ export class Hub implements FeedListener {
       const buffered = topic.buffered
       topic.buffered = null
       for (const r of buffered) this.deliver(topic, userId, r)
+      // An episode that opened while the feed was away: watchers hear it now (each transition once).
+      for (const alert of (await this.store.snapshot(userId)).alerts) this.alert(userId, alert)
     } catch (err) {
       this.log.warn({ err, userId }, 'could not fill readings missed while the feed was away; retrying')
       if (!this.closed) {

@@ -1,3 +1,4 @@
+import type { Alert } from './episodes.js'
 import type { StoredReading } from './reading.js'
 import type { FeedListener, ReadingFeed } from './store.js'
 
@@ -23,6 +24,11 @@ export class MemoryFeed implements ReadingFeed {
     queueMicrotask(() => {
       for (const r of readings) this.listener?.reading(userId, r)
     })
+  }
+
+  publishAlert (userId: string, alert: Alert): void {
+    if (!this.watched.has(userId)) return
+    queueMicrotask(() => this.listener?.alert(userId, alert))
   }
 
   publishRevoked (ownerId: string, viewerId: string): void {

@@ -1,7 +1,8 @@
 import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MemoryFeed } from './memory-feed.js'
+import { EPISODES_MAX, emptyEpisodeState, evaluateOffline, evaluateReading, type Alert, type EpisodeRules, type EpisodeState } from './episodes.js'
 import { compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
-import { byCreation, type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
+import { byCreation, type AlertQuery, type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type Snapshot } from './store.js'
 
 interface UserData {
   current: Current | null
@@ -25,6 +26,9 @@ export class MemoryStore implements HeartStore {
   private readonly watching = new Map<string, Set<string>>()
   /** Owner -> device id -> the device and when it was last seen. */
   private readonly ownDevices = new Map<string, Map<string, DeviceRecord & { lastSeenAt: number | null }>>()
+  private readonly episodeStates = new Map<string, EpisodeState>()
+  private readonly episodes = new Map<string, Alert[]>()
+  private alertOpened: (alert: Alert) => void = () => {}
   private readonly rules = new Map<string, AlertRules>()
   private lastMs = 0
   private seq = 0
@@ -64,7 +68,8 @@ export class MemoryStore implements HeartStore {
 
   async snapshot (userId: string): Promise<Snapshot> {
     const data = this.users.get(userId)
-    return { current: data?.current ?? null, lastId: data?.history.at(-1)?.id ?? null }
+    const open = Object.values(this.episodeStates.get(userId)?.open ?? {}).sort((a, b) => compareIds(a.alertId, b.alertId))
+    return { current: data?.current ?? null, lastId: data?.history.at(-1)?.id ?? null, alerts: open.map((a) => ({ ...a })) }
   }
 
   async append (userId: string, readings: NewReading[]): Promise<AppendResult> {
@@ -96,7 +101,61 @@ export class MemoryStore implements HeartStore {
       data.history.splice(0, excess)
     }
     if (stored.length > 0) this.feed.publish(userId, stored)
-    return { ids, duplicates: readings.length - stored.length }
+    const alerts = this.evaluate(userId, stored)
+    return { ids, duplicates: readings.length - stored.length, alerts }
+  }
+
+  /** The newly stored readings through the user's alert rules, as the ingest script does on Redis. */
+  private evaluate (userId: string, stored: StoredReading[]): Alert[] {
+    const rules = this.rulesOf(userId)
+    let state = this.episodeStates.get(userId)
+    if (rules === null && state === undefined) return []
+    if (state === undefined) {
+      state = emptyEpisodeState()
+      this.episodeStates.set(userId, state)
+    }
+    const out: Alert[] = []
+    for (const r of stored) out.push(...evaluateReading(state, rules, userId, r.bpm, r.ts, () => this.nextId()))
+    this.record(userId, out)
+    return out
+  }
+
+  /** Keeps the episodes for `alerts`, tells every watcher, and the sink of the ones that opened. */
+  private record (userId: string, transitions: Alert[]): void {
+    if (transitions.length === 0) return
+    const list = this.episodes.get(userId) ?? []
+    for (const a of transitions) {
+      const i = list.findIndex((e) => e.alertId === a.alertId)
+      if (i === -1) list.push({ ...a })
+      else list[i] = { ...a }
+    }
+    if (list.length > EPISODES_MAX) list.splice(0, list.length - EPISODES_MAX)
+    this.episodes.set(userId, list)
+    for (const a of transitions) {
+      this.feed.publishAlert(userId, { ...a })
+      if (a.state === 'open') this.alertOpened({ ...a })
+    }
+  }
+
+  async openOffline (userId: string, lastTs: number, offlineAfterMs: number): Promise<Alert | null> {
+    const current = this.users.get(userId)?.current ?? null
+    if (current === null || current.ts !== lastTs) return null
+    const state = this.episodeStates.get(userId) ?? emptyEpisodeState()
+    const alert = evaluateOffline(state, this.rulesOf(userId), userId, lastTs, current.bpm, offlineAfterMs, () => this.nextId())
+    if (alert === null) return null
+    this.episodeStates.set(userId, state)
+    this.record(userId, [alert])
+    return { ...alert }
+  }
+
+  async alerts (userId: string, { since, limit }: AlertQuery): Promise<Alert[]> {
+    const list = this.episodes.get(userId) ?? []
+    const after = since === undefined ? list.slice(-limit) : list.filter((a) => compareIds(a.alertId, since) > 0).slice(0, limit)
+    return after.map((a) => ({ ...a }))
+  }
+
+  onAlertOpened (sink: (alert: Alert) => void): void {
+    this.alertOpened = sink
   }
 
   async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {
@@ -177,7 +236,14 @@ export class MemoryStore implements HeartStore {
     this.rules.delete(userId)
   }
 
+  /** The user's alert rules as the episode rule reads them. */
+  private rulesOf (userId: string): EpisodeRules | null {
+    return this.rules.get(userId) ?? null
+  }
+
   async close (): Promise<void> {
+    this.episodeStates.clear()
+    this.episodes.clear()
     this.users.clear()
     this.viewers.clear()
     this.watching.clear()

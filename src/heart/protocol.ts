@@ -1,3 +1,4 @@
+import type { Alert } from './episodes.js'
 /**
  * The wire protocol of /heart/current: frame types, error codes and close codes.
  * docs/protocol.md documents every one of them; test/protocol-doc.test.ts keeps the two in step.
@@ -128,12 +129,24 @@ export interface SubscribedState {
   state: Presence
   /** The newest reading's time, the one `state` is decided from; null when never. */
   lastTs: number | null
+  /** The user's open alert episodes. */
+  alerts: Alert[]
 }
 
 export function subscribedFrame (userId: string, s: SubscribedState, reqId?: ReqId): string {
   const cur = s.current === null ? 'null' : `{"bpm":${s.current.bpm},"ts":${s.current.ts === null ? 'null' : s.current.ts}}`
   const last = s.lastId === null ? 'null' : `"${s.lastId}"`
-  return `{"type":"subscribed","userId":"${userId}","current":${cur},"lastId":${last},"state":"${s.state}","lastTs":${String(s.lastTs)}${s.truncated ? ',"truncated":true' : ''}${reqIdTail(reqId)}`
+  return `{"type":"subscribed","userId":"${userId}","current":${cur},"lastId":${last},"state":"${s.state}","lastTs":${String(s.lastTs)}${s.truncated ? ',"truncated":true' : ''},"alerts":[${s.alerts.map(alertBody).join(',')}]${reqIdTail(reqId)}`
+}
+
+/** An alert episode's fields, as `alert` frames and `subscribed.alerts` carry them. */
+function alertBody (a: Alert): string {
+  return JSON.stringify({ alertId: a.alertId, userId: a.userId, kind: a.kind, state: a.state, bpm: a.bpm, ts: a.ts, openedAt: a.openedAt, ...(a.closedAt === undefined ? {} : { closedAt: a.closedAt }) })
+}
+
+/** An alert episode opened or closed: sent once each to the owner's and viewers' subscriptions. */
+export function alertFrame (a: Alert): string {
+  return `{"type":"alert",${alertBody(a).slice(1)}`
 }
 
 /** The user went offline, or is online again (sent just before the reading that makes it so). */

@@ -1,4 +1,5 @@
 import { Cluster, type Redis } from 'ioredis'
+import { parseAlert, type Alert } from './episodes.js'
 import { isHistoryId } from './reading.js'
 import { userIdOfChannel, userKeys } from './redis-keys.js'
 import type { FeedListener, LiveReading, ReadingFeed } from './store.js'
@@ -36,9 +37,10 @@ export interface RedisFeedOptions {
 
 /*
  * What a live channel carries: a JSON array of readings (published by the INGEST script,
+ * with `{"alert":…}` for each alert episode it opens or closes),
  * redis-scripts.ts) or a revocation. Anything else came from another publisher and is dropped.
  */
-type Message = { readings: LiveReading[] } | { revoked: string }
+type Message = { readings: LiveReading[] } | { revoked: string } | { alert: Alert }
 
 export function revocationMessage (viewerId: string): string {
   return JSON.stringify({ revoked: viewerId })
@@ -58,8 +60,10 @@ function parseMessage (message: string): Message | null {
     return null
   }
   if (Array.isArray(parsed)) return parsed.every(isReading) ? { readings: parsed } : null
-  const revoked = (parsed as { revoked?: unknown } | null)?.revoked
-  return typeof revoked === 'string' ? { revoked } : null
+  const { revoked, alert } = (parsed ?? {}) as { revoked?: unknown, alert?: unknown }
+  if (typeof revoked === 'string') return { revoked }
+  const episode = alert === undefined ? null : parseAlert(alert)
+  return episode === null ? null : { alert: episode }
 }
 
 /** A watched user: its live channel, and its keyspace channel with legacy events on. */
@@ -264,6 +268,8 @@ export class RedisFeed implements ReadingFeed {
       this.log.warn({ channel }, 'dropped a malformed message on a live channel')
     } else if ('readings' in parsed) {
       for (const r of parsed.readings) this.listener.reading(userId, r)
+    } else if ('alert' in parsed) {
+      this.listener.alert(userId, parsed.alert)
     } else {
       this.listener.revoked(userId, parsed.revoked)
     }

@@ -13,6 +13,7 @@
  * - `{<prefix><userId>}:devices`  a hash: device id -> JSON `{"name","createdAt","keyHash"}` of this user's devices.
  * - `{<prefix><userId>}:devices-seen` a hash: device id -> when its key last wrote (ms).
  * - `{<prefix><userId>}:alert-rules` a hash: the user's alert rules (`high`, `low`, `sustainS`, `offline` 1/0).
+ * - `{<prefix><userId>}:alert-state`, `:alert-log`, `:alerts`: alert episodes (redis-episodes.ts).
  *
  * The braces are a cluster hash tag whose content is the legacy key itself, so all of them hash
  * to the legacy key's slot (and a prefix must not contain braces). User ids cannot contain
@@ -29,6 +30,9 @@ export interface UserKeys {
   devices: string
   devicesSeen: string
   alertRules: string
+  alertState: string
+  alertLog: string
+  alerts: string
 }
 
 /** The original system's key, read on the hot path on its own (no other key is built for it). */
@@ -49,7 +53,10 @@ export function userKeys (prefix: string, userId: string): UserKeys {
     watching: `${tag}:watching`,
     devices: `${tag}:devices`,
     devicesSeen: `${tag}:devices-seen`,
-    alertRules: `${tag}:alert-rules`
+    alertRules: `${tag}:alert-rules`,
+    alertState: `${tag}:alert-state`,
+    alertLog: `${tag}:alert-log`,
+    alerts: `${tag}:alerts`
   }
 }
 

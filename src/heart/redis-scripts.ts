@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
+import { EPISODES_LUA } from './redis-episodes.js'
 
 /** A Lua script run by its SHA, loaded again when Redis has forgotten it (after a restart). */
 class LuaScript {
@@ -35,17 +36,21 @@ class LuaScript {
  * KEYS[3] history  stream of readings, fields bpm and ts; trimmed to ARGV[1] entries
  * KEYS[4] idsByTs  hash ts → history id of the readings in history that carried their own ts
  * ARGV[1] HISTORY_MAX; ARGV[2] PUBLISH or SPUBLISH; ARGV[3] the live channel;
- * ARGV[4…] one triple per reading: bpm, ts, own (1: the device sent ts; 0: server time, never a duplicate).
- * Returns { ids (one per reading, in order), duplicates }.
+ * KEYS[5…8] the alert keys: rules, state, log, alerts (redis-episodes.ts)
+ * ARGV[4] the user id; ARGV[5] EPISODES_MAX;
+ * ARGV[6…] one triple per reading: bpm, ts, own (1: the device sent ts; 0: server time, never a duplicate).
+ * (5) runs every newly stored reading through the user's alert rules, in request order.
+ * Returns { ids (one per reading, in order), duplicates, the alert transitions as JSON }.
  */
 export const INGEST = new LuaScript(`#!lua
+${EPISODES_LUA}
 local current, meta, history, idsByTs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local historyMax = tonumber(ARGV[1])
 -- After HISTORY_MAX is lowered, trimming catches up this much per call rather than blocking Redis once.
 local TRIM_STEP = 10000
 
-local expected = { 'string', 'string', 'stream', 'hash' }
-for i = 1, 4 do
+local expected = { 'string', 'string', 'stream', 'hash', 'hash', 'hash', 'stream', 'hash' }
+for i = 1, 8 do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= expected[i] then
     return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
@@ -57,7 +62,8 @@ local m = redis.call('GET', meta)
 if m then newest = tonumber(string.match(m, '^(%d+)')) or -1 end
 
 local ids, msgs, duplicates, newTs, newBpm = {}, {}, 0, nil, nil
-for i = 4, #ARGV, 3 do
+local fresh = {}
+for i = 6, #ARGV, 3 do
   local bpm, ts, own = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local stored = own and redis.call('HGET', idsByTs, ts)
   if stored then
@@ -67,13 +73,14 @@ for i = 4, #ARGV, 3 do
     local id = redis.call('XADD', history, '*', 'bpm', bpm, 'ts', ts)
     if own then redis.call('HSET', idsByTs, ts, id) end
     ids[#ids + 1] = id
+    fresh[#fresh + 1] = { bpm, ts }
     msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
     -- Ties go to the later reading: current is then the one history lists last among the newest.
     local t = tonumber(ts)
     if t >= newest then newest, newTs, newBpm = t, ts, bpm end
   end
 end
-if #msgs == 0 then return { ids, duplicates } end
+if #msgs == 0 then return { ids, duplicates, {} } end
 
 if newBpm then
   redis.call('SET', current, newBpm)
@@ -95,7 +102,34 @@ if excess > 0 then
 end
 
 redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
-return { ids, duplicates }
+
+local ep = Episodes.new({ rules = KEYS[5], state = KEYS[6], log = KEYS[7], alerts = KEYS[8] }, ARGV[4], ARGV[2], ARGV[3], ARGV[5])
+if ep:active() then
+  local rules = ep:rules()
+  for _, r in ipairs(fresh) do ep:reading(rules, r[1], r[2]) end
+end
+return { ids, duplicates, ep.out }
+`)
+
+/*
+ * The user went offline: opens the \`offline\` episode once, if the rule is on, none is open and
+ * no reading came after the one the caller saw (every instance watching the user asks at once).
+ * KEYS: meta, rules, state, log, alerts. ARGV: the last reading's ts as the caller saw it,
+ * openedAt, user id, EPISODES_MAX, PUBLISH or SPUBLISH, channel. Returns the episode's JSON or false.
+ */
+export const OPEN_OFFLINE = new LuaScript(`#!lua
+${EPISODES_LUA}
+local ep = Episodes.new({ rules = KEYS[2], state = KEYS[3], log = KEYS[4], alerts = KEYS[5] }, ARGV[3], ARGV[5], ARGV[6], ARGV[4])
+if redis.call('HGET', KEYS[2], 'offline') ~= '1' then return false end
+if redis.call('HEXISTS', KEYS[3], 'open:offline') == 1 then return false end
+local m = redis.call('GET', KEYS[1])
+if not m then return false end
+local ts, bpm = string.match(m, '^(%d+):(.*)$')
+if ts ~= ARGV[1] then return false end
+local last = redis.call('HGET', KEYS[3], 'lastTs')
+if last and tonumber(last) > tonumber(ts) then return false end
+ep:open('offline', bpm, ts, ARGV[2])
+return ep.out[1]
 `)
 
 /*
@@ -140,7 +174,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 1
 `)
 
-/* Current value and newest history id, read together. KEYS: current, meta, history. */
+/* Current value, newest history id and the open alert episodes, read together. KEYS: current, meta, history, alert state, alerts. */
 export const SNAPSHOT = new LuaScript(`#!lua flags=no-writes
 local v = redis.call('MGET', KEYS[1], KEYS[2])
 local last = false
@@ -148,7 +182,15 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   local e = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
   if e[1] then last = e[1][1] end
 end
-return { v[1], v[2], last }
+local open = {}
+local fields = redis.call('HGETALL', KEYS[4])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 5) == 'open:' then
+    local text = redis.call('HGET', KEYS[5], string.match(fields[i + 1], '^([^,]*),'))
+    if text then open[#open + 1] = text end
+  end
+end
+return { v[1], v[2], last, open }
 `)
 
 /*

@@ -1,13 +1,14 @@
 import { Cluster, type Redis } from 'ioredis'
 import { TimeoutError, withTimeout } from '../timeout.js'
 import { ruleFields, type AlertRules } from './alert-rules.js'
-import { MAX_HISTORY_ID, type Current, type NewReading, type StoredReading } from './reading.js'
+import { MAX_HISTORY_ID, compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
-import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
+import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, OPEN_OFFLINE, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
+import { EPISODES_MAX, parseAlerts, type Alert } from './episodes.js'
 import {
   NotConfirmedError, StoreUnavailableError, byCreation,
-  type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
+  type AlertQuery, type AppendResult, type DeviceInfo, type DeviceRecord, type GrantPair, type HeartStore, type HistoryPage, type HistoryQuery, type LiveReading, type Snapshot
 } from './store.js'
 
 type StreamEntry = [id: string, fields: string[]]
@@ -146,6 +147,12 @@ export class RedisStore implements HeartStore {
     return store
   }
 
+  private alertOpened: (alert: Alert) => void = () => {}
+
+  private get publish (): 'SPUBLISH' | 'PUBLISH' {
+    return this.cluster ? 'SPUBLISH' : 'PUBLISH'
+  }
+
   private constructor (opts: RedisStoreOptions) {
     this.onError = opts.onError ?? (() => {})
     this.redis = opts.redis
@@ -230,23 +237,49 @@ export class RedisStore implements HeartStore {
 
   async snapshot (userId: string): Promise<Snapshot> {
     const k = userKeys(this.prefix, userId)
-    const [value, meta, lastId] = await this.guarded(() => SNAPSHOT.run(this.redis, [k.current, k.meta, k.history], [])) as [string | null, string | null, string | null]
-    return { current: parseCurrent(value, meta), lastId: lastId ?? null }
+    const [value, meta, lastId, open] = await this.guarded(() => SNAPSHOT.run(this.redis, [k.current, k.meta, k.history, k.alertState, k.alerts], [])) as [string | null, string | null, string | null, string[]]
+    return { current: parseCurrent(value, meta), lastId: lastId ?? null, alerts: parseAlerts(open).sort((a, b) => compareIds(a.alertId, b.alertId)) }
   }
 
   async append (userId: string, readings: NewReading[]): Promise<AppendResult> {
     const k = userKeys(this.prefix, userId)
-    const args: Array<string | number> = [this.historyMax, this.cluster ? 'SPUBLISH' : 'PUBLISH', k.channel]
+    const args: Array<string | number> = [this.historyMax, this.publish, k.channel, userId, EPISODES_MAX]
     for (const r of readings) args.push(r.bpm, r.ts, r.serverTs === true ? 0 : 1)
-    const keys = [k.current, k.meta, k.history, k.idsByTs]
+    const keys = [k.current, k.meta, k.history, k.idsByTs, k.alertRules, k.alertState, k.alertLog, k.alerts]
     const confirm = this.confirm
-    const [ids, duplicates] = await this.guarded(async () => {
+    const [ids, duplicates, transitions] = await this.guarded(async () => {
       if (confirm === null) return await INGEST.run(this.redis, keys, args)
       const result = await INGEST.run(confirm.conn, keys, args)
       await confirm.confirmed()
       return result
-    }) as [string[], number]
-    return { ids, duplicates }
+    }) as [string[], number, string[]]
+    const alerts = parseAlerts(transitions)
+    for (const a of alerts) if (a.state === 'open') this.alertOpened(a)
+    return { ids, duplicates, alerts }
+  }
+
+  async openOffline (userId: string, lastTs: number, offlineAfterMs: number): Promise<Alert | null> {
+    const k = userKeys(this.prefix, userId)
+    const text = await this.guarded(() => OPEN_OFFLINE.run(this.redis, [k.meta, k.alertRules, k.alertState, k.alertLog, k.alerts],
+      [lastTs, lastTs + offlineAfterMs, userId, EPISODES_MAX, this.publish, k.channel])) as string | null
+    const [alert] = parseAlerts(text === null ? [] : [text])
+    if (alert === undefined) return null
+    this.alertOpened(alert)
+    return alert
+  }
+
+  async alerts (userId: string, { since, limit }: AlertQuery): Promise<Alert[]> {
+    const k = userKeys(this.prefix, userId)
+    const entries = await this.guarded(() => since === undefined
+      ? this.redis.xrevrange(k.alertLog, '+', '-', 'COUNT', limit).then((e) => e.reverse())
+      : since === MAX_HISTORY_ID ? Promise.resolve([]) : this.redis.xrange(k.alertLog, `(${since}`, '+', 'COUNT', limit))
+    if (entries.length === 0) return []
+    const texts = await this.guarded(() => this.redis.hmget(k.alerts, ...entries.map(([id]) => id)))
+    return parseAlerts(texts.filter((t): t is string => t !== null))
+  }
+
+  onAlertOpened (sink: (alert: Alert) => void): void {
+    this.alertOpened = sink
   }
 
   async history (userId: string, { since, limit }: HistoryQuery): Promise<HistoryPage> {

@@ -1,3 +1,4 @@
+import type { Alert } from './episodes.js'
 import type { AlertRules } from './alert-rules.js'
 import type { Current, NewReading, StoredReading } from './reading.js'
 
@@ -12,6 +13,8 @@ export interface Snapshot {
   current: Current | null
   /** Newest history id of the user, or null when the history is empty. */
   lastId: string | null
+  /** The user's open alert episodes, oldest first. */
+  alerts: Alert[]
 }
 
 export interface HistoryPage {
@@ -56,6 +59,14 @@ export interface AppendResult {
   ids: string[]
   /** How many of the readings were duplicates (stored before, so stored nothing now). */
   duplicates: number
+  /** Alert episodes the readings opened or closed, in order (also published to every instance). */
+  alerts: Alert[]
+}
+
+export interface AlertQuery {
+  /** Exclusive lower bound (an alertId); without it the newest `limit` episodes. */
+  since?: string | undefined
+  limit: number
 }
 
 /** One grant, as a store keeps it: the owner's set of viewers holds the viewer. */
@@ -74,6 +85,8 @@ export interface FeedListener {
   resumed (userIds?: Iterable<string>): void
   /** `ownerId` withdrew `viewerId`'s grant (on any instance). */
   revoked (ownerId: string, viewerId: string): void
+  /** An alert episode opened or closed (on any instance). */
+  alert (userId: string, alert: Alert): void
 }
 
 /**
@@ -110,6 +123,17 @@ export interface HeartStore {
    */
   append (userId: string, readings: NewReading[]): Promise<AppendResult>
   history (userId: string, query: HistoryQuery): Promise<HistoryPage>
+
+  /** The user's alert episodes, open and closed, oldest first. */
+  alerts (userId: string, query: AlertQuery): Promise<Alert[]>
+  /**
+   * The hub saw the user go offline (no reading since `lastTs` for `offlineAfterMs`): opens the
+   * `offline` episode if the rule is on, none is open and no reading came since, once across
+   * every instance that saw it. Returns it when this call opened it.
+   */
+  openOffline (userId: string, lastTs: number, offlineAfterMs: number): Promise<Alert | null>
+  /** Told of every episode this instance's writes open (the instance that opens one sends its messages). */
+  onAlertOpened (sink: (alert: Alert) => void): void
 
   /**
    * Lets `viewerId` read `ownerId`'s heart rate, unless the owner already has `maxViewers` others:
