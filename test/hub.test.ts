@@ -1,3 +1,4 @@
+import type { Alert } from '../src/heart/episodes.js'
 import t from 'tap'
 import { Access, ForbiddenError } from '../src/heart/access.js'
 import { Hub, Subscription, type Watcher } from '../src/heart/hub.js'
@@ -28,7 +29,8 @@ function muteable (store: MemoryStore, hub: Hub): { muted: boolean } {
   const gate: FeedListener = {
     reading (userId: string, r: LiveReading) { if (!state.muted) hub.reading(userId, r) },
     resumed (userIds) { hub.resumed(userIds) },
-    revoked (ownerId: string, viewerId: string) { if (!state.muted) hub.revoked(ownerId, viewerId) }
+    revoked (ownerId: string, viewerId: string) { if (!state.muted) hub.revoked(ownerId, viewerId) },
+    alert (userId: string, a: Alert) { if (!state.muted) hub.alert(userId, a) }
   }
   store.feed.setListener(gate)
   return state
