@@ -311,6 +311,53 @@ t.test('the page in Chromium: history, then live readings', async (t) => {
     await page.close()
   })
 
+  t.test('a red banner for each open alert: from subscribed on load, live from alert frames, gone when closed; at phone width', async (t) => {
+    const rules = await fetch(`${server.url}/heart/frank/alert-rules`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${token('frank')}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ high: 120, low: 45, sustainS: 0, offline: false }),
+      signal: AbortSignal.timeout(WAIT_MS)
+    })
+    t.equal(rules.status, 200, await rules.text())
+    await ingest(server, 'frank', [{ bpm: 72 }])
+    const openedBefore = Date.now()
+    await ingest(server, 'frank', [{ bpm: 150 }])
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, timezoneId: 'Asia/Shanghai' })
+    t.teardown(() => phone.close())
+    await phone.route('**/*', async (route) => {
+      if (new URL(route.request().url()).hostname === '127.0.0.1') await route.continue()
+      else await route.abort()
+    })
+    const { page, errors } = await openPage(phone, `${server.url}/demo/#user=frank&token=${token('frank')}`)
+    await until(page, '#state:text-is("open")')
+    await until(page, '#alerts .alert[data-kind="high"]')
+    const high = await page.textContent('#alerts .alert[data-kind="high"]')
+    const clock = /since (\d\d):(\d\d):(\d\d)$/.exec(high ?? '')
+    t.match(high, /^High heart rate · 150 bpm · since \d\d:\d\d:\d\d$/, 'the one opened before the page connected (subscribed.alerts): kind, bpm, opened time')
+    const shown = new Date(openedBefore).toLocaleTimeString('en-GB', { timeZone: 'Asia/Shanghai', hour12: false }).split(':').map(Number)
+    const seconds = (hms: number[]): number => hms[0] * 3600 + hms[1] * 60 + hms[2]
+    t.ok(clock !== null && Math.abs(seconds(clock.slice(1).map(Number)) - seconds(shown)) <= 2, `opened at about ${shown.join(':')} in the viewer's time zone`)
+    t.equal(await page.locator('#alerts .alert').count(), 1)
+    t.equal(await page.locator('.alert').evaluate((el) => (globalThis as any).getComputedStyle(el).backgroundColor), 'rgb(248, 81, 73)', 'red')
+
+    await ingest(server, 'frank', [{ bpm: 100 }])
+    await until(page, '#alerts:empty')
+    t.equal(await page.isHidden('#alerts'), true, 'no banner once closed')
+
+    await ingest(server, 'frank', [{ bpm: 40 }])
+    await until(page, '#alerts .alert[data-kind="low"]')
+    t.match(await page.textContent('#alerts .alert[data-kind="low"]'), /^Low heart rate · 40 bpm · since \d\d:\d\d:\d\d$/, 'one that opens while watching')
+    const box = await page.locator('#alerts .alert').boundingBox()
+    t.ok(box !== null && box.x >= 0 && box.x + box.width <= 390, `on screen at 390 px (${JSON.stringify(box)})`)
+    t.equal(await page.evaluate(() => (globalThis as any).document.documentElement.scrollWidth), 390, 'no sideways scrolling at 390 px')
+    await mkdir(join(ROOT, 'test-artifacts'), { recursive: true })
+    await page.screenshot({ path: join(ROOT, 'test-artifacts', 'demo-alert-390.png'), fullPage: true, timeout: WAIT_MS })
+    await ingest(server, 'frank', [{ bpm: 60 }])
+    await until(page, '#alerts:empty')
+    t.same(errors, [], 'no script errors or CSP violations')
+    await page.close()
+  })
+
   t.test('the dev login button stays hidden where POST /auth/dev answers 404', async (t) => {
     const app = await build(t)
     await app.listen({ host: '127.0.0.1', port: 0 })

@@ -1,8 +1,8 @@
 // The heart-gateway live demo: history from GET /heart/:userId/readings, then live readings from
 // the /heart/current WebSocket through the mini-program client (client/heart-client.js, with
 // client/ws-adapter.js making a `wx` of the browser's WebSocket). It reconnects and resumes; this
-// page only shows what it reports, and whether the user is online (`status` frames, read from the
-// client's socket by frameTap). Plain browser JavaScript, no build step.
+// page only shows what it reports, whether the user is online (`status` frames) and their open
+// alerts (`alert` frames), both read from the client's socket by frameTap. Plain browser JavaScript, no build step.
 'use strict'
 
 ;(() => {
@@ -28,6 +28,7 @@
     disconnect: $('disconnect'),
     now: $('now'),
     presence: $('presence'),
+    alerts: $('alerts'),
     bpm: $('bpm'),
     updated: $('updated'),
     state: $('state'),
@@ -64,8 +65,8 @@
   }
 
   /**
-   * The client delivers readings only, and ignores frames it does not know. What `subscribed` and
-   * `status` frames say about presence is read here, from the same socket, by wrapping the `wx`
+   * The client delivers readings only, and ignores frames it does not know. What `subscribed`,
+   * `status` and `alert` frames say about presence and alerts is read here, from the same socket, by wrapping the `wx`
    * the client is given: every JSON frame goes to `onFrame` before the client sees it.
    */
   function frameTap (api, onFrame) {
@@ -102,6 +103,25 @@
     ui.presence.textContent = !offline ? '' : typeof lastTs === 'number' ? `offline since ${clock(lastTs)}` : 'offline: no reading yet'
   }
 
+  const ALERT_TITLES = { high: 'High heart rate', low: 'Low heart rate', offline: 'Offline' }
+
+  /** A red banner for each open alert episode (`alertId` → the alert's fields), oldest first. */
+  function showAlerts (open) {
+    const banners = [...open.values()].sort((a, b) => a.openedAt - b.openedAt).map((alert) => {
+      const banner = document.createElement('div')
+      banner.className = 'alert'
+      banner.dataset.alertId = alert.alertId
+      banner.dataset.kind = alert.kind
+      const bpm = typeof alert.bpm === 'number' ? ` · ${alert.kind === 'offline' ? 'last ' : ''}${alert.bpm} bpm` : ''
+      const when = document.createElement('span')
+      when.className = 'when'
+      when.textContent = ` · since ${clock(alert.openedAt)}`
+      banner.append(`${ALERT_TITLES[alert.kind] ?? alert.kind}${bpm}`, when)
+      return banner
+    })
+    ui.alerts.replaceChildren(...banners)
+  }
+
   class Viewer {
     constructor (userId, token) {
       this.userId = userId
@@ -112,6 +132,8 @@
       this.client = null
       this.reconnects = 0
       this.stopped = false
+      /** Open alert episodes, by alertId. */
+      this.alerts = new Map()
     }
 
     async start () {
@@ -121,6 +143,7 @@
       delete ui.bpm.dataset.ts
       ui.updated.textContent = 'no reading yet'
       showPresence(null)
+      showAlerts(this.alerts)
       say('')
       setState('connecting')
       const since = await this.preload()
@@ -153,6 +176,15 @@
     frame (frame) {
       if (this.stopped || frame.userId !== this.userId) return
       if (frame.type === 'subscribed' || frame.type === 'status') showPresence(frame.state, frame.lastTs)
+      if (frame.type === 'subscribed' && Array.isArray(frame.alerts)) {
+        // The open ones now: after a reconnect, those closed meanwhile are gone, those opened are there.
+        this.alerts = new Map(frame.alerts.filter((a) => a.state === 'open').map((a) => [a.alertId, a]))
+        showAlerts(this.alerts)
+      } else if (frame.type === 'alert') {
+        if (frame.state === 'open') this.alerts.set(frame.alertId, frame)
+        else this.alerts.delete(frame.alertId)
+        showAlerts(this.alerts)
+      }
     }
 
     stop (text, isError = false) {
