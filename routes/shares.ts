@@ -1,5 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { USER_ID_PATTERN } from '../src/heart/reading.js'
+import { StoreUnavailableError } from '../src/heart/store.js'
 import { errorResponses, sendError } from '../src/http-errors.js'
 
 /** A person shares with family and carers, not with a crowd; the cap keeps a set small and its checks cheap. */
@@ -45,9 +46,16 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
     // Revoking tells every instance to end the viewer's subscriptions to the owner: for yourself
     // that would end your own.
     if (viewerId === ownerId) return sendError(reply, 400, 'params/viewerId is yourself: your own access cannot be withdrawn')
-    if (!await store.revoke(ownerId, viewerId)) {
-      return sendError(reply, 404, `${viewerId} has no access to share`)
+    let had: boolean
+    try {
+      had = await store.revoke(ownerId, viewerId)
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err
+      // The withdrawal is one step on the owner's set: it happened entirely or not at all.
+      request.log.warn({ err: err.cause }, 'heart store unavailable')
+      return sendError(reply, 503, `the store did not confirm the withdrawal: ${viewerId} has access until GET /shares no longer lists them; DELETE again is safe`)
     }
+    if (!had) return sendError(reply, 404, `${viewerId} has no access to share`)
     return reply.code(204).send(null)
   })
 
@@ -68,7 +76,10 @@ const shares: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const viewerId = request.principal!.userId
-    return { viewerId, owners: await store.watchedBy(viewerId) }
+    // The list is a second copy of the owners' sets (another slot on a cluster); the owners' sets decide.
+    const listed = await store.watchedBy(viewerId)
+    const granted = await fastify.access.canReadAll(listed.map((ownerId) => ({ viewerId, ownerId })))
+    return { viewerId, owners: listed.filter((_, i) => granted[i]) }
   })
 }
 

@@ -120,3 +120,45 @@ t.test('on the cluster: a resend is stored once, also sent to two instances at o
   t.equal(await slot(`{${prefix}dup}:ids-by-ts`), await slot(`${prefix}dup`), 'ids-by-ts is in the legacy key\'s slot')
   t.equal(await raw.hlen(`{${prefix}dup}:ids-by-ts`), 21)
 })
+
+t.test('a withdrawal the cluster half-fails: the owner\'s shard decides, so the grant is gone, the viewer is told, and the stale watching entry is filtered', async (t) => {
+  const prefix = uniquePrefix()
+  const app = await build(t, { REDIS_CLUSTER_NODES: cluster.nodeList, HEART_KEY_PREFIX: prefix, INGEST_API_KEYS: KEY })
+  const raw = new Cluster(cluster.nodeList.split(',').map((hp) => ({ host: '127.0.0.1', port: Number(hp.split(':')[1]) })))
+  t.teardown(() => raw.disconnect())
+  const slots = await raw.call('CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+  const portOf = async (key: string): Promise<number> => {
+    const slot = Number(await raw.call('CLUSTER', 'KEYSLOT', key))
+    return slots.find(([from, to]) => slot >= from && slot <= to)![2][1]
+  }
+  // An owner and a viewer whose keys live on different masters.
+  const ownerPort = await portOf(`{${prefix}owner}:viewers`)
+  let viewer = ''
+  let viewerPort = ownerPort
+  for (let i = 0; viewerPort === ownerPort; i++) {
+    viewer = `v${i}`
+    viewerPort = await portOf(`{${prefix}${viewer}}:watching`)
+  }
+  const viewerNode = cluster.nodes.find((n) => n.port === viewerPort)!
+  const owner = { authorization: `Bearer ${token('owner')}` }
+  t.equal((await app.inject({ method: 'PUT', url: `/shares/${viewer}`, headers: owner })).statusCode, 200)
+  const frames = await openSocket(app, viewer)
+  t.teardown(() => frames.ws.terminate())
+  t.match(await frames.ask({ type: 'subscribe', userId: 'owner' }), { type: 'subscribed' })
+
+  // The viewer's shard stops answering: the second write of the withdrawal cannot happen.
+  viewerNode.pause()
+  let resumed = false
+  const resume = (): void => { if (!resumed) { resumed = true; viewerNode.resume() } }
+  t.teardown(resume)
+  const del = await app.inject({ method: 'DELETE', url: `/shares/${viewer}`, headers: owner })
+  t.equal(del.statusCode, 204, 'the owner is told it is withdrawn: it is, by the owner\'s own set')
+  t.same(await frames.json(3000), { type: 'revoked', userId: 'owner' }, 'and the viewer\'s subscription ends')
+  t.same((await app.inject({ method: 'GET', url: '/shares', headers: owner })).json().viewers, [])
+  resume()
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/health' })).statusCode === 200, 10_000), 'the shard answers again')
+  const watching = await app.inject({ method: 'GET', url: '/shares/watching', headers: { authorization: `Bearer ${token(viewer)}` } })
+  t.equal(watching.statusCode, 200)
+  t.same(watching.json().owners, [], 'a stale entry in the viewer\'s list is not shown')
+  t.equal((await app.inject({ method: 'GET', url: '/heart/owner/readings', headers: { authorization: `Bearer ${token(viewer)}` } })).statusCode, 403)
+})

@@ -133,6 +133,18 @@ return ep.out[1]
 `)
 
 /*
+ * Withdraws a grant and announces it, in one step on the owner's slot: the owner's set is what
+ * access is decided by, so once this ran access is fully withdrawn (and every instance told), and
+ * until it runs it is fully granted. KEYS: viewers. ARGV: viewer, PUBLISH or SPUBLISH, channel,
+ * announcement. Returns 1 when there was a grant.
+ */
+export const REVOKE = new LuaScript(`#!lua
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+redis.call(ARGV[2], ARGV[3], ARGV[4])
+return removed
+`)
+
+/*
  * Adds a viewer unless the owner already has the maximum: the check and the write in one step.
  * The viewer's own `watching` set is a second write (another slot on a cluster): reads go by the
  * owner's set, so a grant interrupted between the two still reads as granted. KEYS: viewers. ARGV: viewer, max.

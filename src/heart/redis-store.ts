@@ -4,7 +4,7 @@ import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MAX_HISTORY_ID, compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
-import { ADD_DEVICE, GRANT, HISTORY_SINCE, INGEST, OPEN_OFFLINE, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
+import { ADD_DEVICE, GRANT, REVOKE, HISTORY_SINCE, INGEST, OPEN_OFFLINE, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import { EPISODES_MAX, parseAlerts, type Alert } from './episodes.js'
 import {
   NotConfirmedError, StoreUnavailableError, byCreation,
@@ -316,24 +316,20 @@ export class RedisStore implements HeartStore {
     })
   }
 
+  /**
+   * The owner's set decides, in one step (REVOKE); the viewer's `watching` list (another slot on
+   * a cluster) follows. If that second write fails the grant is still fully withdrawn: the list
+   * is only what GET /shares/watching reads, and that filters by the owners' sets.
+   */
   async revoke (ownerId: string, viewerId: string): Promise<boolean> {
     const o = userKeys(this.prefix, ownerId)
-    const v = userKeys(this.prefix, viewerId)
-    const announce = revocationMessage(viewerId)
-    if (this.cluster) {
-      return await this.guarded(async () => {
-        const removed = await this.redis.srem(o.viewers, viewerId)
-        await this.redis.srem(v.watching, ownerId)
-        await (this.redis as Cluster).spublish(o.channel, announce)
-        return removed === 1
-      })
+    const removed = await this.guarded(() => REVOKE.run(this.redis, [o.viewers], [viewerId, this.cluster ? 'SPUBLISH' : 'PUBLISH', o.channel, revocationMessage(viewerId)]))
+    try {
+      await this.guarded(() => this.redis.srem(userKeys(this.prefix, viewerId).watching, ownerId))
+    } catch (err) {
+      this.log.warn({ err, ownerId, viewerId }, 'grant withdrawn; the viewer\'s watching list keeps a stale entry (filtered on read)')
     }
-    const results = await this.guarded(() => this.redis.multi()
-      .srem(o.viewers, viewerId)
-      .srem(v.watching, ownerId)
-      .publish(o.channel, announce)
-      .exec())
-    return results?.[0]?.[1] === 1
+    return removed === 1
   }
 
   async areGranted (pairs: readonly GrantPair[]): Promise<boolean[]> {
