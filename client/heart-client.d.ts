@@ -40,6 +40,28 @@ export interface HeartClientError extends Error {
   body?: string
 }
 
+/** A user's presence: offline when no reading came for the server's OFFLINE_AFTER_MS (or never). */
+export interface Status {
+  userId: string
+  state: 'online' | 'offline'
+  /** The `ts` of the user's last reading; null when there has been none. */
+  lastTs: number | null
+}
+
+/** An alert episode opening or closing (rules set with PUT /heart/:userId/alert-rules). */
+export interface Alert {
+  userId: string
+  alertId: string
+  kind: 'high' | 'low' | 'offline'
+  state: 'open' | 'closed'
+  /** The reading that opened the episode and its `ts`; for `offline`, the last reading before the silence (null if none). */
+  bpm: number | null
+  ts: number | null
+  openedAt: number
+  /** Closed alerts only: when; null when it closed while the client was away (learnt on resubscribe). */
+  closedAt?: number | null
+}
+
 /** Options of subscribe(). */
 export interface SubscribeOptions {
   /** Start after this history id (the newest reading the app already has). Only for a new subscription. */
@@ -99,6 +121,17 @@ export interface HeartClientOptions {
   onRevoked?: (userId: string) => void
   /** A subscription was renewed after a reconnect (`truncated`: readings were lost past history's length). */
   onResubscribed?: (userId: string, result: SubscribeResult) => void
+  /**
+   * A subscribed user's presence: on every (re)subscription whose state differs from the last one
+   * reported (a new offline period counts), and on each change while subscribed.
+   */
+  onStatus?: (status: Status) => void
+  /**
+   * An alert of a subscribed user opened or closed, each transition once: live, and on every
+   * (re)subscription the open ones not yet reported (opened while the client was away) and the
+   * ones reported open that closed meanwhile (`closedAt` null).
+   */
+  onAlert?: (alert: Alert) => void
   /** A socket ended without close() (the server closed it, the network went, an attempt failed). */
   onDisconnect?: (info: DisconnectInfo) => void
   /** Errors nobody awaits: error frames without a request, failures of the app's own callbacks, of onTokenExpired. */

@@ -62,6 +62,12 @@
    */
   const RETRY_STATUSES = { 429: true, 502: true, 503: true, 504: true }
 
+  /**
+   * Alert transitions a subscription remembers having reported (by alertId), so a
+   * resubscription's open alerts are not reported twice; the oldest are forgotten past this many.
+   */
+  const REPORTED_ALERTS_MAX = 100
+
   /** A history id, as `since` takes it. */
   const HISTORY_ID = /^[0-9]{1,20}-[0-9]{1,20}$/
 
@@ -155,6 +161,8 @@
       this._onResubscribed = options.onResubscribed || noop
       this._onError = options.onError || noop
       this._onDisconnect = options.onDisconnect || noop
+      this._onStatus = options.onStatus || noop
+      this._onAlert = options.onAlert || noop
       this._pingIntervalMs = positive(options.pingIntervalMs, 20000)
       this._deadAfterMs = positive(options.deadAfterMs, 45000)
       this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
@@ -247,7 +255,8 @@
       const self = this
       let sub = this._subs.get(userId)
       if (sub === undefined) {
-        sub = { userId, onReading, lastId: since || null, confirmed: false, reqId: null, waiters: [], retryTimer: null }
+        // status: the last state reported to onStatus; alerts: alertId → the alert last reported to onAlert.
+        sub = { userId, onReading, lastId: since || null, confirmed: false, reqId: null, waiters: [], retryTimer: null, status: null, alerts: new Map() }
         this._subs.set(userId, sub)
       }
       sub.onReading = onReading
@@ -390,6 +399,12 @@
         case 'revoked':
           this._revoked(frame.userId)
           return
+        case 'status':
+          this._status(this._subs.get(frame.userId), frame)
+          return
+        case 'alert':
+          this._alert(this._subs.get(frame.userId), frame)
+          return
         case 'error':
           this._onErrorFrame(frame)
           return
@@ -410,6 +425,73 @@
         sub.onReading({ userId: frame.userId, id: frame.id, bpm: frame.bpm, ts: frame.ts })
       } catch (err) {
         this._report(err)
+      }
+    }
+
+    /** Reports the user's presence when it differs from what was reported last (a new offline episode counts). */
+    _status (sub, frame) {
+      if (sub === undefined || (frame.state !== 'online' && frame.state !== 'offline')) return
+      const lastTs = typeof frame.lastTs === 'number' ? frame.lastTs : null
+      const key = frame.state === 'offline' ? 'offline ' + lastTs : 'online'
+      if (sub.status === key) return
+      sub.status = key
+      try {
+        this._onStatus({ userId: sub.userId, state: frame.state, lastTs })
+      } catch (err) {
+        this._report(err)
+      }
+    }
+
+    /** Reports an alert transition once: a live frame and a resubscription's open alerts may repeat it. */
+    _alert (sub, frame) {
+      if (sub === undefined || typeof frame.alertId !== 'string' || (frame.state !== 'open' && frame.state !== 'closed')) return
+      const seen = sub.alerts.get(frame.alertId)
+      if (seen !== undefined && (seen.state === frame.state || seen.state === 'closed')) return
+      const alert = { userId: sub.userId, alertId: frame.alertId, kind: frame.kind, state: frame.state, bpm: frame.bpm, ts: frame.ts, openedAt: frame.openedAt }
+      if (frame.state === 'closed') alert.closedAt = typeof frame.closedAt === 'number' ? frame.closedAt : null
+      sub.alerts.delete(frame.alertId)
+      sub.alerts.set(frame.alertId, alert)
+      if (sub.alerts.size > REPORTED_ALERTS_MAX) this._forgetAlert(sub)
+      try {
+        this._onAlert(alert)
+      } catch (err) {
+        this._report(err)
+      }
+    }
+
+    /** Forgets the oldest closed alert (an open one is still needed to tell its closing). */
+    _forgetAlert (sub) {
+      const it = sub.alerts.values()
+      for (let a = it.next(); !a.done; a = it.next()) {
+        if (a.value.state === 'closed') {
+          sub.alerts.delete(a.value.alertId)
+          return
+        }
+      }
+    }
+
+    /**
+     * A (re)subscription's presence and open alerts. An alert reported open that is no longer open
+     * closed while the client was away: reported closed, with the open one's fields and closedAt null.
+     */
+    _subscribedState (sub, frame) {
+      if (frame.state !== undefined) this._status(sub, frame)
+      if (!Array.isArray(frame.alerts)) return
+      const listed = frame.alerts.filter(function (a) { return a !== null && typeof a === 'object' })
+      const open = {}
+      for (let i = 0; i < listed.length; i++) open[listed[i].alertId] = true
+      const gone = []
+      sub.alerts.forEach(function (alert) {
+        if (alert.state === 'open' && open[alert.alertId] !== true) gone.push(alert)
+      })
+      // Closings first: an app clears what ended before it shows what is open now.
+      for (let i = 0; i < gone.length; i++) {
+        const a = gone[i]
+        this._alert(sub, { alertId: a.alertId, kind: a.kind, state: 'closed', bpm: a.bpm, ts: a.ts, openedAt: a.openedAt, closedAt: null })
+      }
+      for (let i = 0; i < listed.length; i++) {
+        const a = listed[i]
+        this._alert(sub, { alertId: a.alertId, kind: a.kind, state: 'open', bpm: a.bpm, ts: a.ts, openedAt: a.openedAt })
       }
     }
 
@@ -456,6 +538,7 @@
           this._report(err)
         }
       }
+      if (this._subs.get(sub.userId) === sub) this._subscribedState(sub, frame)
     }
 
     _onErrorFrame (frame) {
