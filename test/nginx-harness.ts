@@ -39,7 +39,7 @@ function substitute (text: string, from: string, to: string): string {
 export interface Ports { https: number, http: number, upstreams: [number, number] }
 
 /** nginx.conf with the operator's literals, the listen ports and every file path moved into `dir`. */
-function testConfig (conf: string, dir: string, ports: Ports): string {
+function testConfig (conf: string, dir: string, ports: Ports, extra: Array<[string, string]>): string {
   const file = (name: string): string => path.join(dir, name)
   let c = conf
   c = substitute(c, '/etc/nginx/tls/heart.example.com.crt', file('cert.pem'))
@@ -58,6 +58,7 @@ function testConfig (conf: string, dir: string, ports: Ports): string {
   c = substitute(c, 'user www-data;', process.getuid?.() === 0 ? 'user root;' : '')
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `    ${k}_temp_path ${file(k)};`).join('\n')
   c = substitute(c, 'http {\n', `http {\n${temp}\n`)
+  for (const [from, to] of extra) c = substitute(c, from, to)
   return c
 }
 
@@ -96,12 +97,20 @@ async function waitForPort (port: number, proc: ChildProcess, ms: number): Promi
   if (!ok) throw new Error(`nginx is not listening on ${port}`)
 }
 
+export interface StackOptions {
+  /**
+   * More literal replacements in the test copy of nginx.conf, each of which must occur: only for
+   * a number a test must make small (a limit it proves by reaching it).
+   */
+  substitutions?: Array<[string, string]>
+}
+
 /**
  * Starts a private Redis, two compiled instances on it (TRUST_PROXY=loopback, SHUTDOWN_GRACE_MS
  * 1500, plus `env`), and nginx in front of them with the project's nginx.conf. Everything is
  * stopped and removed when `t` ends.
  */
-export async function startStack (t: Test, env: Env = {}): Promise<Stack> {
+export async function startStack (t: Test, env: Env = {}, opts: StackOptions = {}): Promise<Stack> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'heart-nginx-'))
   let nginx: ChildProcess | null = null
   t.teardown(async () => {
@@ -129,7 +138,7 @@ export async function startStack (t: Test, env: Env = {}): Promise<Stack> {
   const instances: [ServerProcess, ServerProcess] = [await startServer(t, instanceEnv), await startServer(t, instanceEnv)]
 
   const ports: Ports = { https: await freePort(), http: await freePort(), upstreams: [instances[0].port, instances[1].port] }
-  const testConf = testConfig(await readFile(path.join(ROOT, 'nginx.conf'), 'utf8'), dir, ports)
+  const testConf = testConfig(await readFile(path.join(ROOT, 'nginx.conf'), 'utf8'), dir, ports, opts.substitutions ?? [])
   const confFile = path.join(dir, 'nginx.conf')
   await writeFile(confFile, testConf)
 
