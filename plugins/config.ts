@@ -77,6 +77,8 @@ export const configSchema = Type.Object({
   // Flood control
   MESSAGE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 20 }),
   UPGRADE_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
+  // Readings per second a user may `publish` per instance; the bucket holds 60 s of them (src/heart/publish-limit.ts).
+  PUBLISH_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 100000, default: 10 }),
   HISTORY_RATE_LIMIT: Type.Integer({ minimum: 1, maximum: 1000000, default: 60 }),
   // How often every open subscription to another user's readings has its grant asked again (plugins/hub.ts).
   GRANT_RECHECK_MS: Type.Integer({ minimum: 100, maximum: 3600000, default: 60000 }),

@@ -34,8 +34,8 @@ export class Metrics {
   private readonly framesOut: Record<FrameOutType, number>
   private readonly errors: Record<ErrorCode, number>
   private readonly pushLatency: Histogram
-  readonly ingestAccepted: Counter
-  readonly ingestDuplicates: Counter
+  private readonly ingestAccepted: Counter
+  private readonly ingestDuplicates: Counter
   readonly ingestRejected: Counter<'status'>
   readonly storeErrors: Counter
 
@@ -63,6 +63,12 @@ export class Metrics {
 
   frameOut (type: FrameOutType, n = 1): void {
     this.framesOut[type] += n
+  }
+
+  /** Readings written by any way in (HTTP ingest, `publish`): `sent` of them, `duplicates` of which were resends. */
+  ingested (sent: number, duplicates: number): void {
+    this.ingestAccepted.inc(sent - duplicates)
+    this.ingestDuplicates.inc(duplicates)
   }
 
   error (code: ErrorCode): void {

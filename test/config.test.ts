@@ -57,6 +57,7 @@ const DEFAULTS: Record<string, unknown> = {
   ALLOWED_ORIGINS: [],
   MESSAGE_RATE_LIMIT: 20,
   UPGRADE_RATE_LIMIT: 60,
+  PUBLISH_RATE_LIMIT: 10,
   HISTORY_RATE_LIMIT: 60,
   GRANT_RECHECK_MS: 60000
 }
@@ -135,6 +136,8 @@ const BAD_VALUES: Array<[string, string]> = [
   ['JWT_CLOCK_TOLERANCE_S', '-1'],
   ['JWT_CLOCK_TOLERANCE_S', '301'],
   ['JWT_CLOCK_TOLERANCE_S', 'soon'],
+  ['PUBLISH_RATE_LIMIT', '0'],
+  ['PUBLISH_RATE_LIMIT', '2.5'],
   ['HISTORY_RATE_LIMIT', '0'],
   ['HISTORY_RATE_LIMIT', 'many'],
   ['GRANT_RECHECK_MS', '99'],

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import {
   CLIENT_FRAME_TYPES, CloseCode, ERROR_CODES,
-  alertFrame, currentFrame, errorFrame, pongFrame, readingFrame, refreshedFrame, revokedFrame, statusFrame, subscribedFrame, unsubscribedFrame
+  alertFrame, currentFrame, errorFrame, pongFrame, publishedFrame, readingFrame, refreshedFrame, revokedFrame, statusFrame, subscribedFrame, unsubscribedFrame
 } from '../src/heart/protocol.js'
 import { configSchema } from '../plugins/config.js'
 
@@ -23,6 +23,7 @@ const SERVER_FRAME_TYPES = [
   readingFrame('u1', { id: '1-0', bpm: 72, ts: 1 }),
   statusFrame('u1', 'offline', null),
   unsubscribedFrame('u1'),
+  publishedFrame(['1-0'], 0),
   refreshedFrame(1),
   revokedFrame('u1'),
   errorFrame('internal', 'x')

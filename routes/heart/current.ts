@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify'
+import { PublishLimiter } from '../../src/heart/publish-limit.js'
 import { HeartSession, type SessionDeps } from '../../src/heart/session.js'
 import { sendError } from '../../src/http-errors.js'
 
@@ -28,6 +29,7 @@ const heartCurrent: FastifyPluginAsync = async (fastify) => {
       maxBufferedBytes: config.MAX_BUFFERED_BYTES,
       messageRate: config.MESSAGE_RATE_LIMIT
     },
+    publishLimit: new PublishLimiter(config.PUBLISH_RATE_LIMIT),
     access: fastify.access,
     verifyToken: fastify.tokens.verify,
     metrics: fastify.metrics

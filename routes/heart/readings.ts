@@ -3,32 +3,15 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Ajv } from 'ajv'
 import { apiKeyChecker } from '../../src/api-keys.js'
 import type { Writer } from '../../src/heart/access.js'
-import { BATCH_MAX } from '../../src/heart/batch.js'
-import { BPM_MAX, BPM_MIN, HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId, type NewReading } from '../../src/heart/reading.js'
+import { IngestBody, IngestError, readingsOf } from '../../src/heart/ingest.js'
+import { HISTORY_ID_PATTERN, USER_ID_PATTERN, isHistoryId } from '../../src/heart/reading.js'
 import { HISTORY_PAGE_MAX } from '../../src/heart/store.js'
 import { errorResponses, sendError } from '../../src/http-errors.js'
 import { formatSchemaErrors, strictAjv } from '../../src/validation.js'
 
-/** How far ahead of the server's clock a device's `ts` may be. */
-const FUTURE_TOLERANCE_MS = 60_000
-/** 2001-09-09: a smaller `ts` is almost always seconds sent where milliseconds belong. */
-const TS_MIN = 1_000_000_000_000
-
 const SERVICE: Writer = { kind: 'service' }
 
 const UserParams = Type.Object({ userId: Type.String({ pattern: USER_ID_PATTERN }) })
-
-const Reading = Type.Object({
-  bpm: Type.Integer({ minimum: BPM_MIN, maximum: BPM_MAX }),
-  ts: Type.Optional(Type.Integer({ minimum: TS_MIN, description: 'milliseconds since the epoch; server time when absent' }))
-}, { additionalProperties: false })
-
-/** One reading, or a batch of them: exactly one of `bpm` and `readings` (checked in the handler, so errors name the field). */
-const IngestBody = Type.Object({
-  bpm: Type.Optional(Reading.properties.bpm),
-  ts: Reading.properties.ts,
-  readings: Type.Optional(Type.Array(Reading, { minItems: 1, maxItems: BATCH_MAX }))
-}, { additionalProperties: false })
 
 const Accepted = Type.Object({
   accepted: Type.Integer({ description: 'readings stored by this request' }),
@@ -112,30 +95,16 @@ const readings: FastifyPluginAsyncTypebox = async (fastify) => {
     },
     preValidation: authorizeIngest
   }, async (request, reply) => {
-    const body = request.body
-    if ((body.bpm === undefined) === (body.readings === undefined)) {
-      const message = body.bpm === undefined ? 'body must have bpm (one reading) or readings (a batch)' : 'body must have bpm (one reading) or readings (a batch), not both'
-      return sendError(reply, 400, message)
-    }
-    if (body.readings !== undefined && (body.ts !== undefined)) {
-      return sendError(reply, 400, 'body/ts belongs inside each reading of a batch')
-    }
-    const now = Date.now()
-    const batch = body.readings ?? [{ bpm: body.bpm as number, ts: body.ts }]
-    const list: NewReading[] = []
-    for (let i = 0; i < batch.length; i++) {
-      const ts = batch[i].ts ?? now
-      if (ts > now + FUTURE_TOLERANCE_MS) {
-        const field = body.readings === undefined ? 'body/ts' : `body/readings/${i}/ts`
-        return sendError(reply, 400, `${field} is more than 60 s in the future`)
-      }
-      list.push(batch[i].ts === undefined ? { bpm: batch[i].bpm, ts, serverTs: true } : { bpm: batch[i].bpm, ts })
+    let list
+    try {
+      list = readingsOf(request.body, Date.now(), 'body')
+    } catch (err) {
+      if (err instanceof IngestError) return sendError(reply, 400, err.message)
+      throw err
     }
     const { ids, duplicates } = await fastify.heartStore.append(request.params.userId, list)
-    const accepted = ids.length - duplicates
-    fastify.metrics.ingestAccepted.inc(accepted)
-    fastify.metrics.ingestDuplicates.inc(duplicates)
-    return reply.code(202).send({ accepted, duplicates, ids })
+    fastify.metrics.ingested(ids.length, duplicates)
+    return reply.code(202).send({ accepted: ids.length - duplicates, duplicates, ids })
   })
 
   fastify.get('/heart/:userId/readings', {

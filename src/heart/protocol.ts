@@ -4,11 +4,12 @@ import type { Alert } from './episodes.js'
  * docs/protocol.md documents every one of them; test/protocol-doc.test.ts keeps the two in step.
  */
 import type { Presence } from './freshness.js'
-import { isHistoryId, isUserId, type Current, type StoredReading } from './reading.js'
+import { IngestError, parseReadings } from './ingest.js'
+import { isHistoryId, isUserId, type Current, type NewReading, type StoredReading } from './reading.js'
 import type { LiveReading } from './store.js'
 
 /** JSON frame types a client may send. */
-export const CLIENT_FRAME_TYPES = ['get', 'ping', 'subscribe', 'unsubscribe', 'refresh'] as const
+export const CLIENT_FRAME_TYPES = ['get', 'ping', 'subscribe', 'unsubscribe', 'refresh', 'publish'] as const
 export type ClientFrameType = typeof CLIENT_FRAME_TYPES[number]
 
 /** Codes of `{"type":"error","code":…}` frames. */
@@ -41,6 +42,8 @@ export interface ParsedFrame {
   since?: string
   token?: string
   reqId?: ReqId
+  /** `publish`: the readings to store, server time filled in. */
+  readings?: NewReading[]
 }
 
 const TOKEN_MAX = 8192
@@ -87,13 +90,32 @@ export function parseJsonFrame (text: string): ParsedFrame {
     frame.token = obj.token
     return frame
   }
+  if (type === 'publish') return parsePublish(obj, frame)
   if (!isUserId(obj.userId)) {
-    throw new FrameError('bad_request', 'userId must be 1-64 characters of A-Z a-z 0-9 _ -', reqId)
+    throw new FrameError('bad_request', USER_ID_MESSAGE, reqId)
   }
   frame.userId = obj.userId
   if (type === 'subscribe' && obj.since !== undefined) {
     if (!isHistoryId(obj.since)) throw new FrameError('bad_request', 'since must be a history id like "1764115200000-0"', reqId)
     frame.since = obj.since
+  }
+  return frame
+}
+
+const USER_ID_MESSAGE = 'userId must be 1-64 characters of A-Z a-z 0-9 _ -'
+
+/** `publish`: the ingest rules (src/heart/ingest.ts) on the frame's own fields; `userId` is optional (the socket's user). */
+function parsePublish (obj: Record<string, unknown>, frame: ParsedFrame): ParsedFrame {
+  const { type: _type, reqId: _reqId, userId, ...body } = obj
+  if (userId !== undefined) {
+    if (!isUserId(userId)) throw new FrameError('bad_request', USER_ID_MESSAGE, frame.reqId)
+    frame.userId = userId
+  }
+  try {
+    frame.readings = parseReadings(body, Date.now())
+  } catch (err) {
+    if (err instanceof IngestError) throw new FrameError('bad_request', err.message, frame.reqId)
+    throw err
   }
   return frame
 }
@@ -152,6 +174,11 @@ export function alertFrame (a: Alert): string {
 /** The user went offline, or is online again (sent just before the reading that makes it so). */
 export function statusFrame (userId: string, state: Presence, lastTs: number | null): string {
   return `{"type":"status","userId":"${userId}","state":"${state}","lastTs":${String(lastTs)}}`
+}
+
+/** The answer to `publish`: one history id per reading sent, in order (a resend's is the stored reading's). */
+export function publishedFrame (ids: string[], duplicates: number, reqId?: ReqId): string {
+  return `{"type":"published","ids":[${ids.map((id) => `"${id}"`).join(',')}],"duplicates":${duplicates}${reqIdTail(reqId)}`
 }
 
 export function unsubscribedFrame (userId: string, reqId?: ReqId): string {

@@ -3,11 +3,12 @@ import type { FastifyBaseLogger } from 'fastify'
 import { ForbiddenError, type Access } from './access.js'
 import { Subscription, type Hub, type Watcher } from './hub.js'
 import {
-  CloseCode, FrameError, currentFrame, errorFrame, legacyReply, parseJsonFrame, pongFrame, refreshedFrame, revokedFrame,
+  CloseCode, FrameError, currentFrame, errorFrame, legacyReply, parseJsonFrame, pongFrame, publishedFrame, refreshedFrame, revokedFrame,
   subscribedFrame, unsubscribedFrame, type ErrorCode, type ParsedFrame, type ReqId
 } from './protocol.js'
 import type { FrameOutType, Metrics } from '../metrics.js'
-import { isUserId } from './reading.js'
+import type { PublishLimiter } from './publish-limit.js'
+import { isUserId, type NewReading } from './reading.js'
 import { StoreUnavailableError, type HeartStore } from './store.js'
 
 export interface SessionLimits {
@@ -24,7 +25,9 @@ export interface SessionDeps {
   store: HeartStore
   hub: Hub
   limits: SessionLimits
-  /** Who may read whom, for `get` and the legacy frame (the hub asks it for subscriptions). */
+  /** PUBLISH_RATE_LIMIT, shared by every socket of this instance. */
+  publishLimit: PublishLimiter
+  /** Who may read whom, for `get` and the legacy frame (the hub asks it for subscriptions); who may write whom, for `publish`. */
   access: Access
   /** Verifies a token sent in a `refresh` frame; throws with a message safe to show. `validUntilMs`: exp plus the clock tolerance. */
   verifyToken (token: string): { userId: string, exp: number, validUntilMs: number }
@@ -212,6 +215,9 @@ export class HeartSession implements Watcher {
       case 'subscribe':
         await this.subscribe(frame.userId as string, frame.since, reqId)
         return
+      case 'publish':
+        await this.publish(frame.userId ?? this.userId, frame.readings as NewReading[], reqId)
+        return
       case 'refresh': {
         let principal
         try {
@@ -238,6 +244,20 @@ export class HeartSession implements Watcher {
         this.reply(unsubscribedFrame(userId, reqId))
       }
     }
+  }
+
+  /** The wearer's own phone writes its readings: the same atomic append as HTTP ingest, so subscribers everywhere get them. */
+  private async publish (userId: string, readings: NewReading[], reqId: ReqId | undefined): Promise<void> {
+    if (!this.deps.access.canWrite({ kind: 'user', userId: this.userId }, userId)) {
+      throw new FrameError('forbidden', 'a socket publishes only its own user\'s readings', reqId)
+    }
+    const limit = this.deps.publishLimit
+    if (!limit.take(this.userId, readings.length)) {
+      throw new FrameError('rate_limited', `at most ${limit.rate} readings per second per user, bursts up to ${limit.capacity}: nothing was stored, resend later`, reqId)
+    }
+    const { ids, duplicates } = await this.deps.store.append(userId, readings)
+    this.deps.metrics.ingested(ids.length, duplicates)
+    this.reply(publishedFrame(ids, duplicates, reqId))
   }
 
   /** The hub authorizes and runs the subscription; the session holds the per-socket cap and the map. */
