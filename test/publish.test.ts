@@ -6,6 +6,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Env } from '../plugins/config.js'
+import { PublishLimiter } from '../src/heart/publish-limit.js'
 import { bearer, build, buildWithRedis, openSocket, openWebSocket, sharedRedis, startServer, uniquePrefix, type Frames } from './helper.js'
 
 const ID = /^\d+-\d+$/
@@ -156,4 +157,17 @@ t.test('two server processes on one Redis: a reading published on A reaches a su
   t.match(await viewer.json(), { type: 'reading', userId: 'hal', id: reply.ids[0], bpm: 77, ts: T0 })
   t.match(await phone.ask({ type: 'publish', bpm: 77, ts: T0, reqId: 'p2' }), { type: 'published', ids: [reply.ids[0]], duplicates: 1 })
   await viewer.quiet(300, 'a resend is pushed to nobody')
+})
+
+t.test('the publish bucket refills at PUBLISH_RATE_LIMIT per second up to a minute\'s worth, per user, and takes a batch whole or not at all', async (t) => {
+  const limit = new PublishLimiter(10)
+  const t0 = Date.now()
+  t.equal(limit.capacity, 600)
+  t.ok(limit.take('u1', 600, t0), 'a full minute\'s backlog at once')
+  t.notOk(limit.take('u1', 1, t0), 'then nothing')
+  t.ok(limit.take('u2', 600, t0), 'another user has their own bucket')
+  t.notOk(limit.take('u1', 11, t0 + 1000), 'one second refills 10, not 11')
+  t.ok(limit.take('u1', 10, t0 + 1000), 'the refused batch took nothing')
+  t.ok(limit.take('u1', 600, t0 + 3_600_000), 'refills up to the minute\'s worth')
+  t.notOk(limit.take('u1', 1, t0 + 3_600_000), 'and no further')
 })
