@@ -17,7 +17,14 @@ export default fp(async function hub (fastify) {
   // question: a withdrawal whose announcement on the feed was lost still ends it.
   const recheck = setInterval(() => { void hub.recheckGrants() }, fastify.config.GRANT_RECHECK_MS)
   recheck.unref()
+  // Offline episodes of users nobody watches here: watched ones open from the hub's own timers.
+  const { OFFLINE_AFTER_MS } = fastify.config
+  const sweep = setInterval(() => {
+    fastify.heartStore.sweepOffline(OFFLINE_AFTER_MS).catch((err) => fastify.log.warn({ err }, 'offline sweep failed; trying again'))
+  }, Math.min(1000, OFFLINE_AFTER_MS / 2))
+  sweep.unref()
   fastify.addHook('onClose', async () => {
+    clearInterval(sweep)
     clearInterval(recheck)
     hub.close()
   })

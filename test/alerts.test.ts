@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import {
-  bearer, build, buildWithRedis, openSocket, openWebSocket, sharedRedis, startServer, token, uniquePrefix,
+  bearer, build, buildWithRedis, eventually, openSocket, openWebSocket, sharedRedis, startServer, token, uniquePrefix,
   type Frames, type ServerProcess
 } from './helper.js'
 import { APPID, APP_SECRET, TEMPLATE_ID, startStandIn } from './wechat-stand-in.js'
@@ -166,3 +166,31 @@ t.test('an alert reaches the WeChat stand-in: time from the reading to the frame
   await app.alertNotifier!.idle()
   t.equal(standIn.attempts.length, 2)
 })
+
+for (const kind of ['memory', 'redis'] as const) {
+  t.test(`${kind}: a user nobody watches goes offline: the sweep opens the episode once and the WeChat message goes out`, async (t) => {
+    const standIn = await startStandIn(t)
+    const env: Env = {
+      INGEST_API_KEYS: KEY,
+      OFFLINE_AFTER_MS: '1000',
+      WECHAT_APPID: APPID,
+      WECHAT_SECRET: APP_SECRET,
+      WECHAT_API_BASE: standIn.base,
+      WECHAT_ALERT_TEMPLATE_ID: TEMPLATE_ID,
+      WECHAT_ALERT_FIELDS: '{"thing1":"{owner}","phrase2":"{kind}"}'
+    }
+    const app = kind === 'redis' ? await buildWithRedis(t, env) : await build(t, env)
+    await setRules(app, 'grandpa', { offline: true })
+    t.equal((await app.inject({ method: 'PUT', url: '/shares/carer', headers: bearer('grandpa') })).statusCode, 200)
+    t.equal((await app.inject({ method: 'POST', url: '/me/alert-subscriptions', headers: bearer('carer'), payload: { templateId: TEMPLATE_ID } })).statusCode, 200)
+    await ingest(app, 'grandpa', { bpm: 66 })
+    t.ok(await eventually(() => standIn.delivered.length === 1, 8000), 'the carer is messaged although no socket watches grandpa')
+    t.match(standIn.delivered[0], { touser: 'carer', data: { phrase2: { value: '设备离线' } } })
+    const list = await app.inject({ method: 'GET', url: '/heart/grandpa/alerts', headers: bearer('carer') })
+    t.same(list.json().alerts.map((a: any) => `${a.kind}:${a.state}`), ['offline:open'])
+    // The next reading closes it; no second opening while it stays open.
+    await ingest(app, 'grandpa', { bpm: 70 })
+    const after = await app.inject({ method: 'GET', url: '/heart/grandpa/alerts', headers: bearer('carer') })
+    t.same(after.json().alerts.map((a: any) => `${a.kind}:${a.state}`), ['offline:closed'])
+  })
+}

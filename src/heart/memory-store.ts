@@ -28,6 +28,8 @@ export class MemoryStore implements HeartStore {
   private readonly ownDevices = new Map<string, Map<string, DeviceRecord & { lastSeenAt: number | null }>>()
   private readonly episodeStates = new Map<string, EpisodeState>()
   private readonly episodes = new Map<string, Alert[]>()
+  /** Users with the offline rule on → their newest reading's ts: the offline sweep. */
+  private readonly offlineDue = new Map<string, number>()
   private alertOpened: (alert: Alert) => void = () => {}
   private readonly rules = new Map<string, AlertRules>()
   private lastMs = 0
@@ -116,6 +118,8 @@ export class MemoryStore implements HeartStore {
     }
     const out: Alert[] = []
     for (const r of stored) out.push(...evaluateReading(state, rules, userId, r.bpm, r.ts, () => this.nextId()))
+    const newest = this.users.get(userId)?.current?.ts ?? null
+    if (rules?.offline === true && newest !== null) this.offlineDue.set(userId, Math.max(newest, this.offlineDue.get(userId) ?? 0))
     this.record(userId, out)
     return out
   }
@@ -146,6 +150,15 @@ export class MemoryStore implements HeartStore {
     this.episodeStates.set(userId, state)
     this.record(userId, [alert])
     return { ...alert }
+  }
+
+  async sweepOffline (offlineAfterMs: number): Promise<void> {
+    const before = Date.now() - offlineAfterMs
+    for (const [userId, ts] of [...this.offlineDue]) {
+      if (ts > before) continue
+      this.offlineDue.delete(userId)
+      await this.openOffline(userId, ts, offlineAfterMs)
+    }
   }
 
   async alerts (userId: string, { since, limit }: AlertQuery): Promise<Alert[]> {

@@ -40,7 +40,8 @@ class LuaScript {
  * ARGV[4] the user id; ARGV[5] EPISODES_MAX;
  * ARGV[6…] one triple per reading: bpm, ts, own (1: the device sent ts; 0: server time, never a duplicate).
  * (5) runs every newly stored reading through the user's alert rules, in request order.
- * Returns { ids (one per reading, in order), duplicates, the alert transitions as JSON }.
+ * Returns { ids (one per reading, in order), duplicates, the alert transitions as JSON, and the
+ * user's newest ts when the offline rule is on (else false) }.
  */
 export const INGEST = new LuaScript(`#!lua
 ${EPISODES_LUA}
@@ -104,11 +105,14 @@ end
 redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
 
 local ep = Episodes.new({ rules = KEYS[5], state = KEYS[6], log = KEYS[7], alerts = KEYS[8] }, ARGV[4], ARGV[2], ARGV[3], ARGV[5])
+local watchOffline = false
 if ep:active() then
   local rules = ep:rules()
   for _, r in ipairs(fresh) do ep:reading(rules, r[1], r[2]) end
+  -- With the offline rule on, the caller puts the user on the offline sweep (a key of no one slot).
+  if rules.offline then watchOffline = string.format('%d', newest) end
 end
-return { ids, duplicates, ep.out }
+return { ids, duplicates, ep.out, watchOffline }
 `)
 
 /*
@@ -130,6 +134,12 @@ local last = redis.call('HGET', KEYS[3], 'lastTs')
 if last and tonumber(last) > tonumber(ts) then return false end
 ep:open('offline', bpm, ts, ARGV[2])
 return ep.out[1]
+`)
+
+/* Takes a user off the offline sweep if its due time is still the one seen. KEYS: due. ARGV: user, score. */
+export const SWEPT = new LuaScript(`#!lua
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
 `)
 
 /*

@@ -4,7 +4,7 @@ import { ruleFields, type AlertRules } from './alert-rules.js'
 import { MAX_HISTORY_ID, compareIds, type Current, type NewReading, type StoredReading } from './reading.js'
 import { RedisFeed, revocationMessage, type FeedLog } from './redis-feed.js'
 import { legacyKey, userKeys } from './redis-keys.js'
-import { ADD_DEVICE, GRANT, REVOKE, HISTORY_SINCE, INGEST, OPEN_OFFLINE, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
+import { ADD_DEVICE, GRANT, REVOKE, SWEPT, HISTORY_SINCE, INGEST, OPEN_OFFLINE, REMOVE_DEVICE, SNAPSHOT, VERIFY_DEVICE } from './redis-scripts.js'
 import { EPISODES_MAX, parseAlerts, type Alert } from './episodes.js'
 import {
   NotConfirmedError, StoreUnavailableError, byCreation,
@@ -148,6 +148,10 @@ export class RedisStore implements HeartStore {
   }
 
   private alertOpened: (alert: Alert) => void = () => {}
+  /** Users with the offline rule on, scored by their newest reading's ts (README, "Redis layout"). */
+  private get offlineDueKey (): string {
+    return `${this.prefix}alert-offline-due`
+  }
 
   private get publish (): 'SPUBLISH' | 'PUBLISH' {
     return this.cluster ? 'SPUBLISH' : 'PUBLISH'
@@ -247,15 +251,35 @@ export class RedisStore implements HeartStore {
     for (const r of readings) args.push(r.bpm, r.ts, r.serverTs === true ? 0 : 1)
     const keys = [k.current, k.meta, k.history, k.idsByTs, k.alertRules, k.alertState, k.alertLog, k.alerts]
     const confirm = this.confirm
-    const [ids, duplicates, transitions] = await this.guarded(async () => {
+    const [ids, duplicates, transitions, newest] = await this.guarded(async () => {
       if (confirm === null) return await INGEST.run(this.redis, keys, args)
       const result = await INGEST.run(confirm.conn, keys, args)
       await confirm.confirmed()
       return result
-    }) as [string[], number, string[]]
+    }) as [string[], number, string[], string | null]
     const alerts = parseAlerts(transitions)
     for (const a of alerts) if (a.state === 'open') this.alertOpened(a)
+    if (typeof newest === 'string') {
+      // Only ever forward (GT): a late upload does not make an online user look due.
+      await this.guarded(() => this.redis.zadd(this.offlineDueKey, 'GT', newest, userId)).catch((err: unknown) => {
+        this.log.warn({ err, userId }, 'could not put the user on the offline sweep')
+      })
+    }
     return { ids, duplicates, alerts }
+  }
+
+  /**
+   * Opens the offline episode of users nobody watches (watched ones are handled by the hubs'
+   * timers): each instance sweeps, the episode opens once (OPEN_OFFLINE), and the instance that
+   * opens it sends its messages.
+   */
+  async sweepOffline (offlineAfterMs: number): Promise<void> {
+    const due = await this.guarded(() => this.redis.zrangebyscore(this.offlineDueKey, '-inf', Date.now() - offlineAfterMs, 'WITHSCORES', 'LIMIT', 0, 100))
+    for (let i = 0; i < due.length; i += 2) {
+      const [userId, score] = [due[i], due[i + 1]]
+      await this.openOffline(userId, Number(score), offlineAfterMs)
+      await this.guarded(() => SWEPT.run(this.redis, [this.offlineDueKey], [userId, score]))
+    }
   }
 
   async openOffline (userId: string, lastTs: number, offlineAfterMs: number): Promise<Alert | null> {

@@ -132,6 +132,8 @@ export interface HeartStore {
    * every instance that saw it. Returns it when this call opened it.
    */
   openOffline (userId: string, lastTs: number, offlineAfterMs: number): Promise<Alert | null>
+  /** Opens the `offline` episode of users with the rule on whose newest reading is `offlineAfterMs` old, watched or not. */
+  sweepOffline (offlineAfterMs: number): Promise<void>
   /** Told of every episode this instance's writes open (the instance that opens one sends its messages). */
   onAlertOpened (sink: (alert: Alert) => void): void
 
