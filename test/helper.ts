@@ -12,6 +12,7 @@ import app, { type AppOptions } from '../src/app.js'
 import type { Env } from '../plugins/config.js'
 import { loggerOptions } from '../src/logger.js'
 import { RedisServer, freePort } from './redis-server.js'
+import type { Watcher } from '../src/heart/hub.js'
 
 export { RedisServer, freePort }
 
@@ -355,3 +356,23 @@ export async function postReading (server: ServerProcess, key: string, userId: s
     return { status: 0 }
   }
 }
+
+/** A hub watcher that records the frames it is sent, in order (hub tests). */
+export function recorder (userId: string): Watcher & { frames: string[], bpms: () => number[] } {
+  const frames: string[] = []
+  return {
+    userId,
+    frames,
+    push (_owner, frame) { frames.push(frame.toString()) },
+    send (frame) { frames.push(frame) },
+    revoked (ownerId) { frames.push(`revoked:${ownerId}`) },
+    notify (_owner, frame) { frames.push(frame) },
+    bpms: () => frames.filter((f) => f.startsWith('{')).map((f) => JSON.parse(f).bpm)
+  }
+}
+
+/** The two stores, for tests that run once on each. */
+export const builders = [
+  { store: 'the embedded store', build },
+  { store: 'Redis', build: buildWithRedis }
+] as const

@@ -1,27 +1,13 @@
 import type { Alert } from '../src/heart/episodes.js'
 import t from 'tap'
 import { Access, ForbiddenError } from '../src/heart/access.js'
-import { Hub, Subscription, type Watcher } from '../src/heart/hub.js'
+import { Hub, Subscription } from '../src/heart/hub.js'
 import { MemoryStore } from '../src/heart/memory-store.js'
 import type { FeedListener, LiveReading } from '../src/heart/store.js'
-import { eventually } from './helper.js'
+import { eventually, recorder } from './helper.js'
 
 const quiet = { warn () {} }
 const HUB_OPTS = { offlineAfterMs: 15000 }
-
-/** A watcher that records what it is sent, in order. */
-function recorder (userId: string): Watcher & { frames: string[], bpms: () => number[] } {
-  const frames: string[] = []
-  return {
-    userId,
-    frames,
-    push (_owner, frame) { frames.push(frame.toString()) },
-    send (frame) { frames.push(frame) },
-    revoked (ownerId) { frames.push(`revoked:${ownerId}`) },
-    notify (_owner, frame) { frames.push(frame) },
-    bpms: () => frames.filter((f) => f.startsWith('{')).map((f) => JSON.parse(f).bpm)
-  }
-}
 
 /** Stands between the store's feed and the hub and can drop what the feed delivers, as a dead connection does. */
 function muteable (store: MemoryStore, hub: Hub): { muted: boolean } {

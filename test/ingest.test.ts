@@ -6,18 +6,13 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { Env } from '../plugins/config.js'
-import { RedisServer, bearer, build, buildWithRedis, eventually, openSocket, sharedRedis, token, type BuildOptions } from './helper.js'
+import { RedisServer, bearer, builders, eventually, openSocket, sharedRedis, token, type BuildOptions } from './helper.js'
 
 const KEY = 'k1'
 const INGEST_ENV: Env = { INGEST_API_KEYS: 'k1,k2' }
 const ID = /^\d+-\d+$/
 /** A fixed past time, so readings ordered by `ts` do not depend on the clock. */
 const T0 = 1_764_115_200_000
-
-const builders = [
-  { store: 'the embedded store', build },
-  { store: 'Redis', build: buildWithRedis }
-] as const
 
 async function post (app: FastifyInstance, userId: string, body: unknown, key: string | null = KEY) {
   const headers: Record<string, string> = { 'content-type': 'application/json' }

@@ -7,16 +7,11 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Env } from '../plugins/config.js'
 import { PublishLimiter } from '../src/heart/publish-limit.js'
-import { bearer, build, buildWithRedis, openSocket, openWebSocket, sharedRedis, startServer, uniquePrefix, type Frames } from './helper.js'
+import { bearer, builders, openSocket, openWebSocket, sharedRedis, startServer, uniquePrefix, type Frames } from './helper.js'
 
 const ID = /^\d+-\d+$/
 /** A fixed past time, so readings ordered by `ts` do not depend on the clock. */
 const T0 = 1_764_115_200_000
-
-const builders = [
-  { store: 'the embedded store', build },
-  { store: 'Redis', build: buildWithRedis }
-] as const
 
 async function history (app: FastifyInstance, userId: string): Promise<Array<{ id: string, bpm: number, ts: number }>> {
   return (await app.heartStore.history(userId, { limit: 1000 })).readings

@@ -6,10 +6,10 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Access } from '../src/heart/access.js'
-import { Hub, Subscription, type Watcher } from '../src/heart/hub.js'
+import { Hub, Subscription } from '../src/heart/hub.js'
 import { MemoryStore } from '../src/heart/memory-store.js'
 import {
-  build, buildWithRedis, eventually, openWebSocket, openSocket, sharedRedis, startServer, token, uniquePrefix,
+  build, buildWithRedis, eventually, openWebSocket, openSocket, recorder, sharedRedis, startServer, token, uniquePrefix,
   type Frames, type ServerProcess
 } from './helper.js'
 
@@ -103,19 +103,6 @@ t.test('a slow socket: status is never conflated away, and comes after the newes
   t.match(got.at(-2), { type: 'reading', ts: base + 1999 }, 'just after the newest reading, which was held back when offline came')
   frames.ws.terminate()
 })
-
-/** A hub watcher that records the frames it is sent, in order. */
-function recorder (userId: string): Watcher & { frames: string[] } {
-  const frames: string[] = []
-  return {
-    userId,
-    frames,
-    push (_owner, frame) { frames.push(frame.toString()) },
-    send (frame) { frames.push(frame) },
-    notify (_owner, frame) { frames.push(frame) },
-    revoked (ownerId) { frames.push(`revoked:${ownerId}`) }
-  }
-}
 
 function kinds (frames: string[]): string[] {
   return frames.map((f) => {
