@@ -11,6 +11,11 @@
  *            trips/s, latency, server CPU per round trip, over a window after a warm-up.
  * - push:    U users × S subscribers spread over the instances, R readings/s through HTTP ingest;
  *            deliveries/s, ingest-to-frame latency, lost and duplicated deliveries, CPU per delivery.
+ * - ingest:  the ways a reading enters, one after the other on the same instance, U users at R
+ *            readings/s each time (every reading with its own ts, so the duplicate check runs):
+ *            HTTP with a service key, HTTP with each user's device key, `publish` over each user's
+ *            own socket, and `publish` again with alert rules set (the episode evaluation in the
+ *            ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
  */
 import http from 'node:http'
 import { readFileSync } from 'node:fs'
@@ -394,9 +399,109 @@ async function push () {
   }
 }
 
+/** Sends `rate` readings/s for `durationMs`, round-robin over users, through `send(userIdx, body)` → Promise<boolean>. */
+async function paced (users, rate, durationMs, send) {
+  const seq = new Array(users).fill(0)
+  let sent = 0
+  let acked = 0
+  let failed = 0
+  let pending = 0
+  const total = Math.round(rate * durationMs / 1000)
+  const s0 = sample()
+  const start = performance.now()
+  await new Promise((resolve) => {
+    const timer = setInterval(() => {
+      const due = Math.min(Math.floor((performance.now() - start) * rate / 1000), total)
+      while (sent < due) {
+        const u = sent % users
+        const n = seq[u]++
+        pending++
+        send(u, { bpm: 60 + (n % 60), ts: Date.now() - 60_000 + n }).then((ok) => { if (ok) acked++; else failed++ }, () => { failed++ }).finally(() => { pending-- })
+        sent++
+      }
+      if (sent >= total) { clearInterval(timer); resolve() }
+    }, 2)
+  })
+  const deadline = performance.now() + 30000
+  while (pending > 0 && performance.now() < deadline) await sleep(5)
+  const s1 = sample()
+  const cpu = cpuBetween(s0, s1)
+  const redisUs = cpu.redisCpuPercent / 100 * cpu.wallSeconds * 1e6
+  return {
+    sent,
+    acked,
+    failed,
+    readingsPerSecond: acked / cpu.wallSeconds,
+    serverCpuPerReadingUs: cpu.serverCpuUs / Math.max(1, acked),
+    redisCpuPerReadingUs: redisUs / Math.max(1, acked),
+    cpu
+  }
+}
+
+async function ingest () {
+  const { users: u, rate, durationMs } = cfg
+  const base = cfg.urls[0]
+  const target = new URL(base)
+  const users = Array.from({ length: u }, (_, i) => `i${i}`)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  const request = (method, path, headers, body) => new Promise((resolve, reject) => {
+    const req = http.request({ agent, host: target.hostname, port: target.port, method, path, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers } }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+  const post = (u, key, reading) => request('POST', `/heart/${users[u]}/readings`, { 'x-api-key': key }, JSON.stringify(reading)).then((r) => r.status === 202)
+
+  // Each user's device key, made by the user itself.
+  const deviceKeys = []
+  for (const userId of users) {
+    const r = await request('POST', '/devices', { authorization: `Bearer ${tokenOf(userId)}` }, '{"name":"bench"}')
+    if (r.status !== 201) throw new Error(`ingest: POST /devices answered ${r.status}`)
+    deviceKeys.push(JSON.parse(r.body).key)
+  }
+
+  // Each user's own socket, publishing with a reqId and waiting for its published.
+  const sockets = await Promise.all(users.map((userId) => openSocket(base, userId)))
+  const waiting = sockets.map(() => new Map())
+  sockets.forEach((ws, i) => ws.on('message', (data) => {
+    const f = JSON.parse(data)
+    const w = waiting[i].get(f.reqId)
+    if (w === undefined) return
+    waiting[i].delete(f.reqId)
+    w(f.type === 'published')
+  }))
+  let reqIds = 0
+  const publish = (u, reading) => new Promise((resolve) => {
+    const reqId = ++reqIds
+    waiting[u].set(reqId, resolve)
+    sockets[u].send(JSON.stringify({ type: 'publish', readings: [reading], reqId }))
+  })
+
+  const result = { users: u, readingsPerSecondTarget: rate }
+  // Warm-up, not measured: the first path measured would otherwise pay for the JIT and connection set-up.
+  await paced(u, rate, Math.min(2000, durationMs), (i, r) => post(i, cfg.apiKey, r))
+  result.service = await paced(u, rate, durationMs, (i, r) => post(i, cfg.apiKey, r))
+  result.device = await paced(u, rate, durationMs, (i, r) => post(i, deviceKeys[i], r))
+  result.publish = await paced(u, rate, durationMs, publish)
+  for (const userId of users) {
+    const r = await request('PUT', `/heart/${userId}/alert-rules`, { authorization: `Bearer ${tokenOf(userId)}` }, '{"high":200,"low":30,"sustainS":10,"offline":true}')
+    if (r.status !== 200) throw new Error(`ingest: PUT alert-rules answered ${r.status}`)
+  }
+  result.publishWithRules = await paced(u, rate, durationMs, publish)
+  result.rulesCostPercent = 100 * (result.publishWithRules.serverCpuPerReadingUs + result.publishWithRules.redisCpuPerReadingUs) /
+    (result.publish.serverCpuPerReadingUs + result.publish.redisCpuPerReadingUs) - 100
+  result.failedTotal = result.service.failed + result.device.failed + result.publish.failed + result.publishWithRules.failed
+  await closeAll(sockets)
+  agent.destroy()
+  return result
+}
+
 // ---------------------------------------------------------------- main
 
-const scenarios = { connect, query, push }
+const scenarios = { connect, query, push, ingest }
 try {
   const result = await scenarios[cfg.scenario]()
   if (process.send) process.send({ ok: true, result })

@@ -80,7 +80,7 @@ function listOption (flag, envName, dflt, allowed) {
 }
 
 const opts = {
-  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', 'connect,query,push', ['connect', 'query', 'push']),
+  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', 'connect,query,push,ingest', ['connect', 'query', 'push', 'ingest']),
   targets: listOption('targets', 'BENCH_TARGETS', 'ours,baseline', ['ours', 'baseline']),
   rounds: intOption('rounds', 'BENCH_ROUNDS', 2, 1, 20),
   durationSeconds: intOption('duration', 'BENCH_DURATION', 10, 1, 120),
@@ -302,6 +302,13 @@ const scenarioSetup = {
     config: { connections: opts.queryConnections, inFlight: opts.inFlight, concurrency: 100, warmupMs: 2000, durationMs },
     timeoutMs: durationMs + 120000
   },
+  // Ours only: the baseline has no device keys, publish frames or alert rules.
+  ingest: {
+    instances: 1,
+    oursOnly: true,
+    config: { users: 200, rate: Math.min(opts.rate * 2, 1000), durationMs },
+    timeoutMs: 4 * durationMs + 180000
+  },
   push: {
     instances: 2,
     config: { users: opts.users, subscribers: opts.subscribers, rate: opts.rate, concurrency: 200, durationMs, drainMs: 60000, quietMs: 3000 },
@@ -379,6 +386,22 @@ const FIGURES = {
     ['wrong replies', 'wrongReplies', 0, 'max'],
     ['unanswered at end', 'unanswered', 0, 'max']
   ],
+  ingest: [
+    ['HTTP, service key: readings/s', 'service.readingsPerSecond', 0],
+    ['  server CPU per reading (µs)', 'service.serverCpuPerReadingUs', 1],
+    ['  Redis CPU per reading (µs)', 'service.redisCpuPerReadingUs', 1],
+    ['HTTP, device key: readings/s', 'device.readingsPerSecond', 0],
+    ['  server CPU per reading (µs)', 'device.serverCpuPerReadingUs', 1],
+    ['  Redis CPU per reading (µs)', 'device.redisCpuPerReadingUs', 1],
+    ['publish on the socket: readings/s', 'publish.readingsPerSecond', 0],
+    ['  server CPU per reading (µs)', 'publish.serverCpuPerReadingUs', 1],
+    ['  Redis CPU per reading (µs)', 'publish.redisCpuPerReadingUs', 1],
+    ['publish, alert rules on: readings/s', 'publishWithRules.readingsPerSecond', 0],
+    ['  server CPU per reading (µs)', 'publishWithRules.serverCpuPerReadingUs', 1],
+    ['  Redis CPU per reading (µs)', 'publishWithRules.redisCpuPerReadingUs', 1],
+    ['alert rules: added cost (server+Redis, %)', 'rulesCostPercent', 1],
+    ['failed readings (all four)', 'failedTotal', 0, 'max']
+  ],
   push: [
     ['deliveries/s', 'deliveriesPerSecond', 0],
     ['ingest→frame p50 (ms, Date.now)', 'latencyMs.p50', 2],
@@ -438,6 +461,7 @@ function table (summary) {
 
 function describe (scenario) {
   if (scenario === 'connect') return `${opts.connections} idle authenticated sockets, 1 instance`
+  if (scenario === 'ingest') return `200 users, ${Math.min(opts.rate * 2, 1000)} readings/s for ${opts.durationSeconds} s each way, 1 instance (ours only)`
   if (scenario === 'query') return `${opts.queryConnections} sockets × ${opts.inFlight} in flight, original text get, ${opts.durationSeconds} s after 2 s warm-up, 1 instance`
   return `${opts.users} users × ${opts.subscribers} subscribers = ${opts.users * opts.subscribers} sockets over 2 instances, ${opts.rate} readings/s for ${opts.durationSeconds} s`
 }
@@ -467,6 +491,7 @@ async function main () {
       for (let round = 0; round < opts.rounds; round++) {
         const order = round % 2 === 0 ? opts.targets : [...opts.targets].reverse()
         for (const target of order) {
+          if (scenarioSetup[scenario].oursOnly && target !== 'ours') continue
           process.stdout.write(`${scenario} round ${round + 1}/${opts.rounds}: ${target} … `)
           const t0 = Date.now()
           try {
@@ -517,6 +542,7 @@ async function main () {
 
 function brief (scenario, r) {
   if (scenario === 'connect') return `${r.opened}/${r.connections} open in ${r.openSeconds.toFixed(2)} s, ${r.failures} failed, ${r.rssPerConnectionKiB.toFixed(2)} KiB/socket`
+  if (scenario === 'ingest') return ['service', 'device', 'publish', 'publishWithRules'].map((k) => `${k} ${Math.round(r[k].readingsPerSecond)}/s ${r[k].serverCpuPerReadingUs.toFixed(1)} µs`).join(', ')
   if (scenario === 'query') return `${Math.round(r.roundTripsPerSecond)} rt/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, ${r.serverCpuPerRoundTripUs.toFixed(2)} µs CPU/rt`
   return `${Math.round(r.deliveriesPerSecond)} deliveries/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, lost ${r.lost}, dup ${r.duplicates}, ${r.serverCpuPerDeliveryUs.toFixed(2)} µs CPU/delivery`
 }
