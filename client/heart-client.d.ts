@@ -26,7 +26,8 @@ export interface SubscribeResult {
  * Rejections carry a `code`: one of the server's error codes (`bad_request`, `forbidden`,
  * `unauthorized`, `unavailable`, `internal`, `too_many_subscriptions`, `rate_limited`) or the
  * client's own: `timeout`, `disconnected` (the socket went before the answer came),
- * `not_connected` (connect() was never called), `closed`, `cancelled` (unsubscribed
+ * `not_connected` (connect() was never called), `closed`, `dropped` (a publish whose readings all
+ * fell out of the full queue), `cancelled` (unsubscribed
  * while a subscribe was pending), `token_expired` (reported to onError when a 4001 cannot be
  * handled because there is no onTokenExpired), `refused` (reported to onError when the server
  * answered the handshake with an HTTP status retrying cannot fix; the client then closes),
@@ -60,6 +61,19 @@ export interface Alert {
   openedAt: number
   /** Closed alerts only: when; null when it closed while the client was away (learnt on resubscribe). */
   closedAt?: number | null
+}
+
+/** A reading to publish; without `ts`, the time of the publish() call. */
+export interface NewReading {
+  bpm: number
+  ts?: number
+}
+
+/** The server's answer to a publish: one history id per reading sent, in order (a resend's is the stored one's). */
+export interface PublishResult {
+  ids: string[]
+  /** Readings already stored (resends), which stored nothing new. */
+  duplicates: number
 }
 
 /** Options of subscribe(). */
@@ -142,6 +156,8 @@ export interface HeartClientOptions {
   deadAfterMs?: number
   /** How long a sent request waits for its answer (from when it is sent). Default 10000. */
   requestTimeoutMs?: number
+  /** Published readings that may wait for a connection; past it the oldest are dropped (see droppedReadings). Default 600. */
+  publishQueueMax?: number
   /** Reconnect delays: exponential from initialMs up to maxMs, with full jitter. Defaults 500 and 2000. After 1001: a random 0-2 s. */
   backoff?: { initialMs?: number, maxMs?: number }
 }
@@ -159,6 +175,15 @@ export declare class HeartClient {
   unsubscribe (userId: string): Promise<void>
   /** The current value; both fields null when there is none. */
   get (userId: string): Promise<{ bpm: number | null, ts: number | null }>
+  /**
+   * Stores readings of the token's own user (1 to 500): resolves when the server answered. While
+   * the socket is down they wait (at most publishQueueMax, oldest dropped first; a publish left
+   * with none rejects with `dropped`) and go out in order on reconnect; one whose answer was lost
+   * is sent again, a duplicate the server stores once.
+   */
+  publish (readings: NewReading | NewReading[]): Promise<PublishResult>
+  /** Readings publish() dropped unsent because the queue was full. */
+  readonly droppedReadings: number
   /** Extends the open socket's life to the new token's `exp` and keeps it for later reconnects. */
   refresh (token: string): Promise<{ exp: number }>
 }

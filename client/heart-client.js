@@ -68,6 +68,9 @@
    */
   const REPORTED_ALERTS_MAX = 100
 
+  /** The most readings one publish frame may carry (the server's BATCH_MAX). */
+  const PUBLISH_BATCH_MAX = 500
+
   /** A history id, as `since` takes it. */
   const HISTORY_ID = /^[0-9]{1,20}-[0-9]{1,20}$/
 
@@ -166,6 +169,7 @@
       this._pingIntervalMs = positive(options.pingIntervalMs, 20000)
       this._deadAfterMs = positive(options.deadAfterMs, 45000)
       this._requestTimeoutMs = positive(options.requestTimeoutMs, 10000)
+      this._publishQueueMax = positive(options.publishQueueMax, 600)
       const backoff = options.backoff || {}
       this._initialMs = positive(backoff.initialMs, 500)
       // Capped low: after an outage a phone should be back within about 2 s of the server.
@@ -199,6 +203,15 @@
       /** reqId of an answered subscribe → its subscription, on the current socket (a replay can still fail). */
       this._answered = new Map()
       this._nextReqId = 1
+      /** Readings publish() dropped from a full queue, oldest first. */
+      this._droppedReadings = 0
+      /** The last ts publish() stamped on a reading without one. */
+      this._lastStampTs = 0
+    }
+
+    /** Readings dropped, oldest first, because more than publishQueueMax waited for a connection. */
+    get droppedReadings () {
+      return this._droppedReadings
     }
 
     get state () {
@@ -305,6 +318,36 @@
       })
     }
 
+    /**
+     * Publishes the socket's own user's readings (`{ bpm, ts? }`, one or an array); resolves with
+     * `{ ids, duplicates }`. A reading without `ts` gets the time of this call (by the server's
+     * clock, once known), so sending it again is a duplicate, not a second reading. While the socket
+     * is down the readings wait, at most publishQueueMax of them, and are sent in order on the next
+     * connection; one whose answer was lost with its socket is simply sent again.
+     */
+    publish (readings) {
+      const list = Array.isArray(readings) ? readings : [readings]
+      if (list.length === 0 || list.length > PUBLISH_BATCH_MAX) {
+        return Promise.reject(new TypeError('HeartClient: publish takes 1 to ' + PUBLISH_BATCH_MAX + ' readings'))
+      }
+      const now = Date.now() + (this._clockOffsetMs === null ? 0 : this._clockOffsetMs)
+      const copy = []
+      for (let i = 0; i < list.length; i++) {
+        const r = list[i]
+        if (r === null || typeof r !== 'object' || typeof r.bpm !== 'number') {
+          return Promise.reject(new TypeError('HeartClient: a reading is { bpm, ts? }'))
+        }
+        // Stamps never repeat: two readings of the same millisecond would be one reading to the server.
+        if (typeof r.ts !== 'number') this._lastStampTs = Math.max(now, this._lastStampTs + 1)
+        copy.push({ bpm: r.bpm, ts: typeof r.ts === 'number' ? r.ts : this._lastStampTs })
+      }
+      const promise = this._request({ type: 'publish', readings: copy }, true).then(function (frame) {
+        return { ids: frame.ids, duplicates: frame.duplicates }
+      })
+      this._trimPublishQueue()
+      return promise
+    }
+
     // ---- requests ----
 
     /**
@@ -312,14 +355,15 @@
      * open (connecting, reconnecting, the app hidden) it waits for the next socket; the timeout
      * runs only once it is sent.
      */
-    _request (frame) {
+    _request (frame, publish) {
       const self = this
       if (this._state === 'closed') return Promise.reject(clientError('closed', 'the client was closed'))
       if (!this._started) return Promise.reject(clientError('not_connected', 'not connected: call connect() first'))
       return new Promise(function (resolve, reject) {
         const reqId = self._nextReqId++
         frame.reqId = reqId
-        self._requests.set(reqId, { frame, resolve, reject, sent: false, timer: null })
+        // publish: sent again after a lost socket instead of failing (a resend is stored once).
+        self._requests.set(reqId, { frame, resolve, reject, sent: false, timer: null, publish: publish === true })
         if (self._state === 'open') self._sendRequest(reqId)
       })
     }
@@ -334,6 +378,29 @@
         req.reject(clientError('timeout', 'no answer to ' + req.frame.type + ' within ' + self._requestTimeoutMs + ' ms'))
       }, this._requestTimeoutMs)
       this._send(req.frame)
+    }
+
+    /** Drops the oldest waiting readings past publishQueueMax; a publish left with none rejects. */
+    _trimPublishQueue () {
+      let waiting = 0
+      const queue = []
+      this._requests.forEach(function (req, reqId) {
+        if (req.publish && !req.sent) {
+          waiting += req.frame.readings.length
+          queue.push(reqId)
+        }
+      })
+      for (let i = 0; waiting > this._publishQueueMax; i++) {
+        const req = this._requests.get(queue[i])
+        const drop = Math.min(req.frame.readings.length, waiting - this._publishQueueMax)
+        req.frame.readings.splice(0, drop)
+        waiting -= drop
+        this._droppedReadings += drop
+        if (req.frame.readings.length === 0) {
+          this._requests.delete(queue[i])
+          req.reject(clientError('dropped', 'the publish queue was full: these readings were dropped unsent'))
+        }
+      }
     }
 
     _sendSubscribe (sub) {
@@ -737,12 +804,19 @@
       const self = this
       this._requests.forEach(function (req, reqId) {
         if (!req.sent) return
-        self._requests.delete(reqId)
         clearTimeout(req.timer)
+        if (req.publish) {
+          // Back in the queue, in its place: sent again on the next connection.
+          req.sent = false
+          req.timer = null
+          return
+        }
+        self._requests.delete(reqId)
         // Subscriptions are sent again on the next connection; other requests fail.
         if (req.sub === undefined) req.reject(err)
         else if (req.sub.reqId === reqId) req.sub.reqId = null
       })
+      this._trimPublishQueue()
       this._subs.forEach(function (sub) {
         clearTimeout(sub.retryTimer)
         sub.retryTimer = null
