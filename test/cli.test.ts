@@ -278,6 +278,26 @@ t.test('against a running server', async (t) => {
     t.equal(total, Number(sent), 'every reading counted as sent is in history')
   })
 
+  t.test('simulate --via socket: each user publishes over its own socket with its own token, and everything sent is stored', async (t) => {
+    const { code, stdout, stderr } = await run(t, ['simulate', '--via', 'socket', '--users', '3', '--rate', '20', '--duration', '2', '--url', server.url, '--prefix', 'sock-'], {}, 20_000)
+    t.equal(code, 0, stderr)
+    const summary = /sent (\d+) readings for 3 users in ([\d.]+) s \(([\d.]+) readings\/s\), (\d+) errors$/.exec(stdout)
+    t.ok(summary, `summary line: ${stdout}`)
+    const [, sent, , , errors] = summary ?? []
+    t.ok(Number(sent) >= 30 && Number(sent) <= 44, `about 40 sent (${sent})`)
+    t.equal(Number(errors), 0, 'no errors')
+    let total = 0
+    for (const user of ['sock-1', 'sock-2', 'sock-3']) {
+      const readings = await history(server, user)
+      total += readings.length
+      t.ok(readings.length >= 8, `${user} published its share (${readings.length})`)
+    }
+    t.equal(total, Number(sent), 'every reading counted as sent is in history')
+    const bad = await run(t, ['simulate', '--via', 'pigeon', '--url', server.url], {}, 10_000)
+    t.equal(bad.code, 2)
+    t.match(bad.stderr, /--via must be http or socket/)
+  })
+
   t.test('simulate batches a user\'s readings when the rate is high', async (t) => {
     const before = server.logs.length
     const { code, stdout, stderr } = await run(t, ['simulate', '--users', '2', '--rate', '400', '--duration', '1', '--url', server.url, '--key', KEY, '--prefix', 'fast-'], {}, 20_000)

@@ -28,10 +28,12 @@ usage: heart-gateway <command> [options]
       --since  also print the readings after this history id first
 
   simulate [--users N] [--rate HZ] [--url URL] [--key KEY] [--duration S] [--prefix P]
-           [--episode high|low] [--episode-for D] [--dropout D]
+           [--episode high|low] [--episode-for D] [--dropout D] [--via http|socket]
       Heart-rate devices for N users (ids P1 … PN, default prefix sim-) sending realistic readings
       through the ingest API, HZ readings per second in all (default: one per user per second),
       batched per user when the rate is high. Shows progress; Ctrl-C or --duration ends it.
+      --via socket: as wearers' phones, each user publishing over its own socket with its own
+                  token (signed with JWT_SECRET or the development secret; no --key needed)
       --episode   3 s in, P1's readings jump to around 150 (high) or 38 bpm (low) for D (default
                   30s), then back to normal: an alert on limits like 120/45 opens and closes once
                   (P1 stays at rest otherwise, without the exercise bouts of the other users)

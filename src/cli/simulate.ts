@@ -1,6 +1,7 @@
 /**
- * `heart-gateway simulate`: heart-rate devices for N users sending through the ingest API at a
- * given total rate, with a one-line progress display. Also run in-process by the demo. On demand,
+ * `heart-gateway simulate`: heart-rate devices for N users sending at a given total rate, as a
+ * gateway through the ingest API with a service key (`--via http`, the default) or as wearers'
+ * phones, each user publishing over a socket of its own with its own token (`--via socket`), with a one-line progress display. Also run in-process by the demo. On demand,
  * the first user has one scripted episode (`--episode high|low`) and/or one dropout (`--dropout D`).
  */
 import { isUserId } from '../heart/reading.js'
@@ -8,6 +9,8 @@ import { CliError, DEFAULT_HTTP_URL, UsageError, baseUrl, clockTime, duration, p
 import { EpisodeModel, HeartModel, type EpisodeKind } from './heart-model.js'
 import { BATCH_MAX } from '../heart/batch.js'
 import { IngestError, apiKey, postReadings, type Reading } from './ingest.js'
+import { HeartClient, wsWx } from './heart-client.js'
+import { jwtSecret, signToken } from './token.js'
 
 /** Readings due are collected and sent this often: one reading per request at low rates, batches at high ones. */
 const TICK_MS = 50
@@ -32,6 +35,9 @@ export interface SimulatorOptions {
   /** HTTP base URL of the service. */
   url: string
   key: string
+  /** `socket`: each user publishes over its own socket, with a token from `tokenFor`. */
+  via?: 'http' | 'socket'
+  tokenFor?: (userId: string) => string
   /** User ids are `<prefix>1` … `<prefix>N`. */
   prefix: string
   durationS?: number
@@ -74,6 +80,8 @@ interface SimUser {
   due: number
   pending: Reading[]
   inFlight: boolean
+  /** Its phone's socket, with --via socket. */
+  client?: HeartClient
 }
 
 export class Simulator {
@@ -111,6 +119,13 @@ export class Simulator {
     this.planScript()
     // Staggered, so the users' requests spread over each interval instead of arriving together.
     this.users.forEach((u, i) => { u.due = this.startedAt + i * this.intervalMs / this.users.length })
+    if (this.opts.via === 'socket') {
+      const url = `${this.opts.url.replace(/^http/, 'ws')}/heart/current`
+      for (const u of this.users) {
+        u.client = new HeartClient({ url, token: this.opts.tokenFor!(u.id), wx: wsWx, onError: (err) => this.report(err.message) })
+        u.client.connect()
+      }
+    }
     this.ticker = setInterval(() => this.tick(), TICK_MS)
     const tty = this.opts.progress.isTTY === true
     this.renderer = setInterval(() => this.render(false), tty ? RENDER_TTY_MS : RENDER_LOG_MS)
@@ -187,8 +202,11 @@ export class Simulator {
   private send (u: SimUser): void {
     const batch = u.pending.splice(0, BATCH_MAX)
     u.inFlight = true
-    const request = postReadings(this.opts.url, this.opts.key, u.id, batch).then((answer) => {
-      this.sent += answer.accepted
+    const sending = u.client === undefined
+      ? postReadings(this.opts.url, this.opts.key, u.id, batch).then((answer) => answer.accepted)
+      : u.client.publish(batch).then((answer) => answer.ids.length - answer.duplicates)
+    const request = sending.then((accepted) => {
+      this.sent += accepted
     }, (err: Error) => {
       this.errors++
       this.lost += batch.length
@@ -235,6 +253,7 @@ export class Simulator {
       clearTimeout(timer)
     }
     for (const u of this.users) this.lost += u.pending.splice(0).length
+    for (const u of this.users) u.client?.close()
     clearInterval(this.renderer)
     this.render(true)
     this.finished = true
@@ -291,17 +310,24 @@ export async function simulateCommand (args: string[]): Promise<void> {
     prefix: { type: 'string' },
     episode: { type: 'string' },
     'episode-for': { type: 'string' },
-    dropout: { type: 'string' }
+    dropout: { type: 'string' },
+    via: { type: 'string' }
   })
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"; see heart-gateway help`)
   const users = positiveInteger('--users', values.users, 1)
   const prefix = values.prefix ?? 'sim-'
   if (!isUserId(`${prefix}${users}`)) throw new UsageError('--prefix must make user ids of 1-64 characters of A-Z a-z 0-9 _ -')
+  const via = values.via ?? 'http'
+  if (via !== 'http' && via !== 'socket') throw new UsageError(`--via must be http or socket, not "${via}"`)
+  const secret = via === 'socket' ? await jwtSecret() : ''
   const opts: SimulatorOptions = {
     users,
     rate: positiveNumber('--rate', values.rate, users),
     url: baseUrl(values.url ?? DEFAULT_HTTP_URL, 'http'),
-    key: apiKey(values.key),
+    // Wearers' phones hold their own tokens, not a service key.
+    key: via === 'socket' ? '' : apiKey(values.key),
+    via,
+    tokenFor: (userId) => signToken(secret, userId),
     prefix,
     progress: process.stderr
   }
