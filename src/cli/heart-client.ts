@@ -15,7 +15,7 @@ const clientModule = require(join(root, 'client', 'heart-client.js')) as typeof 
 const { wxFromWebSocket } = require(join(root, 'client', 'ws-adapter.js')) as typeof WsAdapterModule
 
 export const { HeartClient } = clientModule
-export type { DisconnectInfo, HeartClientError, Reading, SubscribeResult } from '../../client/heart-client.js'
+export type { DisconnectInfo, HeartClientError, PublishResult, Reading, SubscribeResult } from '../../client/heart-client.js'
 
 /** Sockets of Node's `ws`, with the token in the Authorization header. */
 export const wsWx = wxFromWebSocket(WebSocket)

@@ -9,7 +9,7 @@ import { CliError, DEFAULT_HTTP_URL, UsageError, baseUrl, clockTime, duration, p
 import { EpisodeModel, HeartModel, type EpisodeKind } from './heart-model.js'
 import { BATCH_MAX } from '../heart/batch.js'
 import { IngestError, apiKey, postReadings, type Reading } from './ingest.js'
-import { HeartClient, wsWx } from './heart-client.js'
+import { HeartClient, wsWx, type PublishResult } from './heart-client.js'
 import { jwtSecret, signToken } from './token.js'
 
 /** Readings due are collected and sent this often: one reading per request at low rates, batches at high ones. */
@@ -81,7 +81,7 @@ interface SimUser {
   pending: Reading[]
   inFlight: boolean
   /** Its phone's socket, with --via socket. */
-  client?: HeartClient
+  client?: InstanceType<typeof HeartClient>
 }
 
 export class Simulator {
@@ -204,8 +204,8 @@ export class Simulator {
     u.inFlight = true
     const sending = u.client === undefined
       ? postReadings(this.opts.url, this.opts.key, u.id, batch).then((answer) => answer.accepted)
-      : u.client.publish(batch).then((answer) => answer.ids.length - answer.duplicates)
-    const request = sending.then((accepted) => {
+      : u.client.publish(batch).then((answer: PublishResult) => answer.ids.length - answer.duplicates)
+    const request = sending.then((accepted: number) => {
       this.sent += accepted
     }, (err: Error) => {
       this.errors++
