@@ -194,3 +194,45 @@ for (const kind of ['memory', 'redis'] as const) {
     t.same(after.json().alerts.map((a: any) => `${a.kind}:${a.state}`), ['offline:closed'])
   })
 }
+
+t.test('two instances, readings posted to both at once: each recipient gets one WeChat message per episode', async (t) => {
+  const standIn = await startStandIn(t)
+  const redis = await sharedRedis()
+  const env = {
+    REDIS_URL: redis.url,
+    HEART_KEY_PREFIX: uniquePrefix(),
+    INGEST_API_KEYS: KEY,
+    WECHAT_APPID: APPID,
+    WECHAT_SECRET: APP_SECRET,
+    WECHAT_API_BASE: standIn.base,
+    WECHAT_ALERT_TEMPLATE_ID: TEMPLATE_ID,
+    WECHAT_ALERT_FIELDS: '{"thing1":"{owner}","number2":"{bpm}"}'
+  }
+  const a = await startServer(t, env)
+  const b = await startServer(t, env)
+  const json = { 'content-type': 'application/json' }
+  t.equal((await fetch(`${a.url}/heart/mum/alert-rules`, { method: 'PUT', headers: { ...bearer('mum'), ...json }, body: JSON.stringify({ high: 120 }) })).status, 200)
+  t.equal((await fetch(`${b.url}/shares/son`, { method: 'PUT', headers: bearer('mum') })).status, 200)
+  for (const [server, user] of [[a, 'mum'], [b, 'son'], [a, 'son']] as const) {
+    // More sends allowed than episodes: only the claim keeps a message from going twice.
+    for (let i = 0; i < 3; i++) {
+      t.equal((await fetch(`${server.url}/me/alert-subscriptions`, { method: 'POST', headers: { ...bearer(user), ...json }, body: JSON.stringify({ templateId: TEMPLATE_ID }) })).status, 200)
+    }
+  }
+  const post = async (s: ServerProcess, bpm: number, ts: number): Promise<number> => (await fetch(`${s.url}/heart/mum/readings`, {
+    method: 'POST', headers: { 'x-api-key': KEY, ...json }, body: JSON.stringify({ bpm, ts })
+  })).status
+  const t0 = Date.now()
+  for (let round = 0; round < 2; round++) {
+    const ts = t0 + round * 10
+    t.same(await Promise.all([post(a, 150, ts), post(b, 152, ts + 1)]), [202, 202])
+    t.same(await Promise.all([post(a, 80, ts + 5), post(b, 82, ts + 6)]), [202, 202])
+  }
+  t.ok(await eventually(() => standIn.delivered.length >= 4, 10_000), 'two episodes × two recipients')
+  // A second send would have taken a second send from the allowance, before it went out.
+  const list = await (await fetch(`${b.url}/heart/mum/alerts`, { headers: bearer('mum') })).json() as { alerts: unknown[] }
+  t.equal(list.alerts.length, 2)
+  const left = await (await fetch(`${a.url}/me/alert-subscriptions`, { headers: bearer('son') })).json() as { remaining: number }
+  t.equal(left.remaining, 4, 'six accepted, two spent: one per episode')
+  t.same(standIn.delivered.map((m) => m.touser).sort(), ['mum', 'mum', 'son', 'son'])
+})
