@@ -9,7 +9,7 @@
  * Prints a table (ours, baseline, ours/baseline) and writes bench/results/<date>.json.
  *
  * Options (flag or env):
- *   --scenarios=connect,query,push   BENCH_SCENARIOS
+ *   --scenarios=connect,query,push,ingest   BENCH_SCENARIOS (ingest: ours only)
  *   --rounds=2                       BENCH_ROUNDS      runs per scenario and target; figures are medians
  *   --duration=10                    BENCH_DURATION    seconds of load in query and push
  *   --connections=5000               BENCH_CONNECTIONS connect: idle sockets (up to ~19 000: 20 000 open files per process)
