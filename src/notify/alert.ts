@@ -1,10 +1,4 @@
-/** What the notifier needs of an alert that has just opened (the episode itself lives with the store). */
-export interface OpenedAlert {
-  alertId: string
-  /** The wearer: the owner of the readings. */
-  userId: string
-  kind: 'high' | 'low' | 'offline'
-  /** The reading that opened it; for `offline`, the last reading before the silence, or null. */
-  bpm: number | null
-  openedAt: number
-}
+import type { Alert } from '../heart/episodes.js'
+
+/** What the notifier needs of an alert episode that has just opened (src/heart/episodes.ts). */
+export type OpenedAlert = Pick<Alert, 'alertId' | 'userId' | 'kind' | 'bpm' | 'openedAt'>
