@@ -16,6 +16,8 @@
  *            HTTP with a service key, HTTP with each user's device key, `publish` over each user's
  *            own socket, and `publish` again with alert rules set (the episode evaluation in the
  *            ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
+ * - sweep:   the push set-up opened once, then push's measurement at each rate of a list, on the
+ *            same sockets; one result per step (`npm run bench -- --sweep`).
  */
 import http from 'node:http'
 import { readFileSync } from 'node:fs'
@@ -260,27 +262,30 @@ async function query () {
 
 // ---------------------------------------------------------------- push
 
-async function push () {
-  const { users: u, subscribers: s, rate } = cfg
-  const users = Array.from({ length: u }, (_, i) => `p${i}`)
-  /** `${userId}|${ts}|${bpm}` → what the generator knows of that reading. */
-  const readings = new Map()
-  const latMs = []
-  const latHr = []
-  let deliveries = 0
-  let duplicates = 0
-  let unexpected = 0
-  let firstDeliveryAt = 0
-  let lastDeliveryAt = 0
-
-  const sockets = []
+/**
+ * U users × S subscribers spread over the instances, kept open across steps (the sweep steps
+ * the rate on the same sockets). Every reading the generator posts is recorded with the step that
+ * sent it, so a frame of one step arriving during another is counted against its own step.
+ */
+async function openPushRig (u, s, userPrefix) {
+  const users = Array.from({ length: u }, (_, i) => `${userPrefix}${i}`)
+  const rig = {
+    users,
+    subscribers: s,
+    sockets: new Array(u * s).fill(null),
+    /** `${userId}|${ts}|${bpm}` → { step, sentHr, got, acked, seen: one byte per subscriber }. */
+    readings: new Map(),
+    /** The step being measured, or null between steps. */
+    current: null,
+    unexpected: 0,
+    seq: new Array(u).fill(0)
+  }
   const subscribe = async (idx) => {
     const userIdx = idx % u
     const subIdx = Math.floor(idx / u)
     const userId = users[userIdx]
     const ws = await openSocket(cfg.urls[subIdx % cfg.urls.length], userId)
-    sockets.push(ws)
-    const seen = new Set()
+    rig.sockets[idx] = ws
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('subscribed not received')), 20000)
       ws.on('message', (data) => {
@@ -289,47 +294,87 @@ async function push () {
         const f = JSON.parse(data)
         if (f.type === 'subscribed') { clearTimeout(timer); resolve(); return }
         if (f.type === 'status') return
-        if (f.type !== 'reading') { unexpected++; return }
-        const key = `${f.userId}|${f.ts}|${f.bpm}`
-        const r = readings.get(key)
-        if (r === undefined || f.userId !== userId) { unexpected++; return }
-        if (seen.has(key)) { duplicates++; return }
-        seen.add(key)
+        const r = f.type === 'reading' && f.userId === userId ? rig.readings.get(`${f.userId}|${f.ts}|${f.bpm}`) : undefined
+        if (r === undefined) {
+          rig.unexpected++
+          if (rig.current !== null) rig.current.unexpected++
+          return
+        }
+        const st = r.step
+        if (r.seen[subIdx] === 1) {
+          if (st.closed) st.duplicatesAfterDrain++
+          else st.duplicates++
+          return
+        }
+        r.seen[subIdx] = 1
         r.got++
-        deliveries++
-        if (firstDeliveryAt === 0) firstDeliveryAt = now
-        lastDeliveryAt = now
-        latMs.push(wall - f.ts)
-        latHr.push(now - r.sentHr)
+        if (st.closed) { st.deliveriesAfterDrain++; return }
+        st.deliveries++
+        if (st.firstDeliveryAt === 0) st.firstDeliveryAt = now
+        st.lastDeliveryAt = now
+        st.latMs.push(wall - f.ts)
+        st.latHr.push(now - r.sentHr)
       })
       ws.send(JSON.stringify({ type: 'subscribe', userId }))
     })
   }
+  rig.subscribe = subscribe
   const failures = await pool(u * s, cfg.concurrency, subscribe, performance.now() + 90000)
   if (countOf(failures) > 0) throw new Error(`push: ${countOf(failures)} subscribers failed: ${JSON.stringify(failures)}`)
-  await sleep(500)
+  rig.agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  return rig
+}
 
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+/** Opens again the subscribers a server closed (ours closes a socket that does not read); how many. */
+async function reopenClosed (rig) {
+  const closed = []
+  rig.sockets.forEach((ws, idx) => { if (ws === null || ws.readyState !== WebSocket.OPEN) closed.push(idx) })
+  if (closed.length === 0) return 0
+  const failures = await pool(closed.length, cfg.concurrency, (i) => rig.subscribe(closed[i]), performance.now() + 90000)
+  if (countOf(failures) > 0) throw new Error(`push: ${countOf(failures)} of ${closed.length} closed subscribers failed to reopen: ${JSON.stringify(failures)}`)
+  return closed.length
+}
+
+/** `rate` readings/s through HTTP ingest for `durationMs`, then the drain; the step's figures. */
+async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
+  const { users, subscribers: s } = rig
+  const u = users.length
+  const st = {
+    closed: false,
+    deliveries: 0,
+    duplicates: 0,
+    unexpected: 0,
+    deliveriesAfterDrain: 0,
+    duplicatesAfterDrain: 0,
+    firstDeliveryAt: 0,
+    lastDeliveryAt: 0,
+    latMs: [],
+    latHr: [],
+    records: []
+  }
+  rig.current = st
   const targets = cfg.urls.map((b) => new URL(b))
-  const seq = new Array(u).fill(0)
   let sent = 0
   let acked = 0
   let ingestErrors = 0
   let pending = 0
+  let firstAckAt = 0
+  let lastAckAt = 0
   const ingestLat = []
   const post = (i) => {
     const userIdx = i % u
     const userId = users[userIdx]
-    const n = seq[userIdx]++
+    const n = rig.seq[userIdx]++
     const bpm = 20 + (n % 231)
     const target = targets[i % targets.length]
     const ts = Date.now()
-    const r = { sentHr: performance.now(), got: 0, acked: false }
-    readings.set(`${userId}|${ts}|${bpm}`, r)
+    const r = { step: st, sentHr: performance.now(), got: 0, acked: false, seen: new Uint8Array(s) }
+    rig.readings.set(`${userId}|${ts}|${bpm}`, r)
+    st.records.push(r)
     const body = `{"bpm":${bpm},"ts":${ts}}`
     pending++
     const req = http.request({
-      agent,
+      agent: rig.agent,
       host: target.hostname,
       port: target.port,
       method: 'POST',
@@ -339,7 +384,13 @@ async function push () {
       res.resume()
       res.on('end', () => {
         pending--
-        if (res.statusCode === 202) { acked++; r.acked = true; ingestLat.push(performance.now() - r.sentHr) } else ingestErrors++
+        if (res.statusCode === 202) {
+          acked++
+          r.acked = true
+          lastAckAt = performance.now()
+          if (firstAckAt === 0) firstAckAt = lastAckAt
+          ingestLat.push(lastAckAt - r.sentHr)
+        } else ingestErrors++
       })
     })
     req.on('error', () => { pending--; ingestErrors++ })
@@ -351,51 +402,111 @@ async function push () {
   await new Promise((resolve) => {
     const timer = setInterval(() => {
       const elapsed = performance.now() - start
-      const due = Math.min(Math.floor(elapsed * rate / 1000), Math.round(rate * cfg.durationMs / 1000))
+      const due = Math.min(Math.floor(elapsed * rate / 1000), Math.round(rate * durationMs / 1000))
       while (sent < due) post(sent++)
-      if (elapsed >= cfg.durationMs) { clearInterval(timer); resolve() }
+      if (elapsed >= durationMs) { clearInterval(timer); resolve() }
     }, 2)
   })
   const ingestSeconds = (performance.now() - start) / 1000
   // Drain: every answer in and every expected delivery in; a delivery still missing when nothing
   // has moved for `quietMs` (or at the hard deadline) counts as lost, however late it might come.
-  const deadline = performance.now() + cfg.drainMs
+  const deadline = performance.now() + drainMs
   let progress = -1
   let movedAt = performance.now()
-  while (performance.now() < deadline && (pending > 0 || deliveries < acked * s)) {
+  while (performance.now() < deadline && (pending > 0 || st.deliveries < acked * s)) {
     const now = performance.now()
-    if (deliveries + acked + ingestErrors !== progress) { progress = deliveries + acked + ingestErrors; movedAt = now }
-    if (now - movedAt > cfg.quietMs) break
+    if (st.deliveries + acked + ingestErrors !== progress) { progress = st.deliveries + acked + ingestErrors; movedAt = now }
+    if (now - movedAt > quietMs) break
     await sleep(10)
   }
   const s1 = sample()
+  st.closed = true
+  rig.current = null
   let lost = 0
-  for (const r of readings.values()) if (r.acked) lost += s - r.got
+  for (const r of st.records) if (r.acked) lost += s - r.got
   const cpu = cpuBetween(s0, s1)
-  await closeAll(sockets)
-  agent.destroy()
+  const deliveries = st.deliveries
   return {
-    users: u,
-    subscribers: s,
-    sockets: u * s,
-    instances: cfg.urls.length,
-    readingsPerSecondTarget: rate,
-    readingsSent: sent,
-    readingsAcked: acked,
-    ingestErrors,
-    ingestSeconds,
-    expectedDeliveries: acked * s,
-    deliveries,
-    deliveriesPerSecond: deliveries / ingestSeconds,
-    lost,
-    duplicates,
-    unexpected,
-    deliverySpanSeconds: (lastDeliveryAt - firstDeliveryAt) / 1000,
-    latencyMs: percentiles(latMs),
-    latencyHrMs: percentiles(latHr),
-    ingestHttpMs: percentiles(ingestLat),
-    serverCpuPerDeliveryUs: cpu.serverCpuUs / Math.max(1, deliveries),
-    cpu
+    st,
+    result: {
+      users: u,
+      subscribers: s,
+      sockets: u * s,
+      instances: cfg.urls.length,
+      readingsPerSecondTarget: rate,
+      readingsSent: sent,
+      readingsAcked: acked,
+      ingestErrors,
+      ingestSeconds,
+      // Acknowledged readings and deliveries per second between the first and the last of them:
+      // below the rate when answers or frames fall further behind as the step goes on.
+      readingsPerSecond: perSecondOver(acked, 1, firstAckAt, lastAckAt),
+      deliveredPerSecond: perSecondOver(deliveries, s, st.firstDeliveryAt, st.lastDeliveryAt),
+      expectedDeliveries: acked * s,
+      deliveries,
+      deliveriesPerSecond: deliveries / ingestSeconds,
+      lost,
+      duplicates: st.duplicates,
+      unexpected: st.unexpected,
+      deliverySpanSeconds: (st.lastDeliveryAt - st.firstDeliveryAt) / 1000,
+      latencyMs: percentiles(st.latMs),
+      latencyHrMs: percentiles(st.latHr),
+      ingestHttpMs: percentiles(ingestLat),
+      serverCpuPerDeliveryUs: cpu.serverCpuUs / Math.max(1, deliveries),
+      cpu
+    }
+  }
+}
+
+/** Events per second from the first batch of `batch` to the last event (the first batch starts the clock). */
+function perSecondOver (count, batch, firstAt, lastAt) {
+  if (count <= batch || lastAt <= firstAt) return 0
+  return (count - batch) / ((lastAt - firstAt) / 1000)
+}
+
+async function closeRig (rig) {
+  await closeAll(rig.sockets.filter((ws) => ws !== null))
+  rig.agent.destroy()
+}
+
+async function push () {
+  const rig = await openPushRig(cfg.users, cfg.subscribers, 'p')
+  await sleep(500)
+  const { result } = await pushStep(rig, cfg.rate, cfg)
+  await closeRig(rig)
+  return result
+}
+
+/**
+ * The sweep: the push set-up opened once, then one step per rate in `cfg.rates`, each measured
+ * as `push` measures its one. Stepped by run.mjs over IPC (`{ step: i }` starts step i, so it
+ * can interleave two targets) or, run by hand, one step after the other with `pauseMs` between.
+ * Frames of a step that arrive after its drain are counted on that step at the end
+ * (`deliveriesAfterDrain`, `duplicatesAfterDrain`), never on the step running when they arrive.
+ */
+async function sweep () {
+  const rig = await openPushRig(cfg.users, cfg.subscribers, cfg.userPrefix ?? 'p')
+  // Not measured: the first step would otherwise pay for the servers' and the generator's JIT.
+  await pushStep(rig, cfg.rates[0], { ...cfg, durationMs: Math.min(2000, cfg.durationMs) })
+  const stepped = cfg.stepped === true && process.send !== undefined
+  const orders = []
+  if (stepped) process.on('message', (m) => { if (typeof m?.step === 'number') orders.push(m.step) })
+  if (stepped) process.send({ ready: true })
+  const steps = []
+  for (let i = 0; i < cfg.rates.length; i++) {
+    if (stepped) { while (!orders.includes(i)) await sleep(5) } else await sleep(cfg.pauseMs)
+    const reopened = await reopenClosed(rig)
+    const { st, result } = await pushStep(rig, cfg.rates[i], cfg)
+    result.rate = cfg.rates[i]
+    result.reopenedBefore = reopened
+    steps.push({ st, result })
+    if (stepped) process.send({ step: i, result })
+  }
+  await sleep(cfg.pauseMs)
+  await closeRig(rig)
+  return {
+    steps: steps.map(({ st, result }) => ({ ...result, deliveriesAfterDrain: st.deliveriesAfterDrain, duplicatesAfterDrain: st.duplicatesAfterDrain })),
+    unexpected: rig.unexpected
   }
 }
 
@@ -501,7 +612,7 @@ async function ingest () {
 
 // ---------------------------------------------------------------- main
 
-const scenarios = { connect, query, push, ingest }
+const scenarios = { connect, query, push, ingest, sweep }
 try {
   const result = await scenarios[cfg.scenario]()
   if (process.send) process.send({ ok: true, result })

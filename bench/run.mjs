@@ -23,6 +23,17 @@
  *                                                      (not counted in the table), summarised with bench/top-functions.mjs
  *   --profile-baseline               BENCH_PROFILE_BASELINE=1  the same for the baseline, to compare with
  *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
+ *
+ * The push sweep (bench/sweep.mjs has the knee and the chart):
+ *   --sweep                          BENCH_SWEEP=1     the push set-up (users × subscribers on 2 instances) at rising
+ *                                                      rates, one step per rate per target on the same sockets, both
+ *                                                      targets up at once and stepped in turn (order alternating per
+ *                                                      rate); prints each step and each target's knee, and writes
+ *                                                      <out without .json>-sweep.json and -sweep.svg (default
+ *                                                      bench/results/<date>-sweep.json / .svg). Alone it runs only the
+ *                                                      sweep and leaves <date>.json alone; with --scenarios=… it runs
+ *                                                      those first, then the sweep, and writes both.
+ *   --sweep-rates=250,500,1000,2000,4000  BENCH_SWEEP_RATES  readings/s of the steps (--duration s each)
  */
 import { spawn, fork, execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
@@ -34,6 +45,7 @@ import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { topFunctions, formatTop } from './top-functions.mjs'
+import { knees, sweepSvg, sweepTable, THRESHOLD_MS, MIN_ACHIEVED } from './sweep.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
@@ -58,6 +70,8 @@ const { values: flags } = parseArgs({
     profile: { type: 'boolean' },
     'profile-baseline': { type: 'boolean' },
     out: { type: 'string' },
+    sweep: { type: 'boolean' },
+    'sweep-rates': { type: 'string' },
     help: { type: 'boolean', short: 'h' }
   }
 })
@@ -79,8 +93,10 @@ function listOption (flag, envName, dflt, allowed) {
   return list
 }
 
+const sweepWanted = flags.sweep ?? env.BENCH_SWEEP === '1'
 const opts = {
-  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', 'connect,query,push,ingest', ['connect', 'query', 'push', 'ingest']),
+  // --sweep alone: only the sweep.
+  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', sweepWanted ? '' : 'connect,query,push,ingest', ['connect', 'query', 'push', 'ingest']),
   targets: listOption('targets', 'BENCH_TARGETS', 'ours,baseline', ['ours', 'baseline']),
   rounds: intOption('rounds', 'BENCH_ROUNDS', 2, 1, 20),
   durationSeconds: intOption('duration', 'BENCH_DURATION', 10, 1, 120),
@@ -93,7 +109,14 @@ const opts = {
   pin: !(flags['no-pin'] ?? env.BENCH_NO_PIN === '1'),
   profile: flags.profile ?? env.BENCH_PROFILE === '1',
   profileBaseline: flags['profile-baseline'] ?? env.BENCH_PROFILE_BASELINE === '1',
-  out: flags.out ?? env.BENCH_OUT
+  out: flags.out ?? env.BENCH_OUT,
+  sweep: sweepWanted,
+  sweepRates: rateList(flags['sweep-rates'] ?? env.BENCH_SWEEP_RATES ?? '250,500,1000,2000,4000')
+}
+function rateList (raw) {
+  const rates = raw.split(',').map((x) => x.trim()).filter(Boolean).map(Number)
+  if (rates.length === 0 || rates.some((r) => !Number.isInteger(r) || r < 1 || r > 100000)) throw new Error(`--sweep-rates / BENCH_SWEEP_RATES must be integers in [1, 100000], got ${raw}`)
+  return [...new Set(rates)].sort((a, b) => a - b)
 }
 if (opts.users * opts.subscribers > 19500) throw new Error('push: users × subscribers must stay below ~19 500 (open files of the generator)')
 
@@ -266,15 +289,37 @@ async function stopServers (servers) {
   }))
 }
 
+/** The load generator, in its own process, on the load core. */
+function forkLoad (config) {
+  const child = fork(path.join(here, 'load.mjs'), [JSON.stringify(config)], {
+    cwd: root,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    ...(pinned ? { execPath: 'taskset', execArgv: ['-c', LOAD_CORE, process.execPath, '--max-old-space-size=4096'] } : { execArgv: ['--max-old-space-size=4096'] })
+  })
+  children.add(child)
+  return child
+}
+
+/** What every generator is told about the servers it loads and the machine. */
+function generatorContext (servers, redis) {
+  return {
+    urls: servers.map((s) => s.url),
+    pids: servers.map((s) => s.proc.pid),
+    redisPid: redis.proc.pid,
+    redisUrl: redis.url,
+    secret: SECRET,
+    apiKey: API_KEY,
+    prefix: PREFIX,
+    clkTck,
+    pinned,
+    serverCore: Number(SERVER_CORE),
+    loadCore: Number(LOAD_CORE)
+  }
+}
+
 function runLoad (config, timeoutMs) {
   return new Promise((resolve, reject) => {
-    const loadPath = path.join(here, 'load.mjs')
-    const child = fork(loadPath, [JSON.stringify(config)], {
-      cwd: root,
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      ...(pinned ? { execPath: 'taskset', execArgv: ['-c', LOAD_CORE, process.execPath, '--max-old-space-size=4096'] } : { execArgv: ['--max-old-space-size=4096'] })
-    })
-    children.add(child)
+    const child = forkLoad(config)
     let answer = null
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`load generator did not finish in ${timeoutMs / 1000} s`)) }, timeoutMs)
     child.on('message', (m) => { answer = m })
@@ -323,21 +368,7 @@ async function runOne (scenario, target, redis, { profile = false } = {}) {
   const servers = await startServers(target, setup.instances, redis.url, { profile })
   const t0 = Date.now()
   try {
-    const result = await runLoad({
-      ...setup.config,
-      scenario,
-      urls: servers.map((s) => s.url),
-      pids: servers.map((s) => s.proc.pid),
-      redisPid: redis.proc.pid,
-      redisUrl: redis.url,
-      secret: SECRET,
-      apiKey: API_KEY,
-      prefix: PREFIX,
-      clkTck,
-      pinned,
-      serverCore: Number(SERVER_CORE),
-      loadCore: Number(LOAD_CORE)
-    }, setup.timeoutMs)
+    const result = await runLoad({ ...setup.config, scenario, ...generatorContext(servers, redis) }, setup.timeoutMs)
     for (const s of servers) {
       if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during ${scenario}:\n${s.out.join('\n')}`)
     }
@@ -466,6 +497,166 @@ function describe (scenario) {
   return `${opts.users} users × ${opts.subscribers} subscribers = ${opts.users * opts.subscribers} sockets over 2 instances, ${opts.rate} readings/s for ${opts.durationSeconds} s`
 }
 
+// ---------------------------------------------------------------- sweep
+
+const SWEEP_PAUSE_MS = 2000
+const SWEEP_DRAIN_MS = 30000
+
+/** A generator kept alive across steps: `next(pred)` waits for its next message that matches. */
+function steppedGenerator (config) {
+  const child = forkLoad(config)
+  const inbox = []
+  const waiting = new Set()
+  let exitCode
+  const settle = () => {
+    for (const w of waiting) {
+      const i = inbox.findIndex(w.pred)
+      if (i !== -1) {
+        const [m] = inbox.splice(i, 1)
+        waiting.delete(w)
+        clearTimeout(w.timer)
+        if (m.ok === false) w.reject(new Error(m.error))
+        else w.resolve(m)
+      } else if (exitCode !== undefined) {
+        waiting.delete(w)
+        clearTimeout(w.timer)
+        w.reject(new Error(`load generator exited with ${exitCode} while waiting for ${w.what}`))
+      }
+    }
+  }
+  child.on('message', (m) => { inbox.push(m); settle() })
+  child.once('exit', (code, signal) => { children.delete(child); exitCode = code ?? signal; settle() })
+  // A failure report answers whatever is awaited.
+  const next = (pred, timeoutMs, what) => new Promise((resolve, reject) => {
+    const w = { pred: (m) => m.ok === false || pred(m), resolve, reject, what }
+    w.timer = setTimeout(() => {
+      waiting.delete(w)
+      child.kill('SIGKILL')
+      reject(new Error(`load generator gave no ${what} in ${timeoutMs / 1000} s`))
+    }, timeoutMs)
+    waiting.add(w)
+    settle()
+  })
+  return { child, next, send: (m) => child.send(m) }
+}
+
+/**
+ * Both targets up at once (2 instances each; users of their own, so neither hears the other's
+ * readings), each with its generator holding its subscribers open. For each rate, each target
+ * in turn — ours first at the first rate, the baseline first at the next, and so on — runs one
+ * step while the other's servers and sockets sit idle.
+ */
+async function runSweep (redis) {
+  const started = Date.now()
+  await redis.client.flushall()
+  const rates = opts.sweepRates
+  const stepTimeoutMs = durationMs + SWEEP_DRAIN_MS + 60000
+  const rigs = {}
+  const steps = Object.fromEntries(opts.targets.map((t) => [t, []]))
+  const order = []
+  const fail = (target, i, err) => {
+    for (let j = i; j < rates.length; j++) if (steps[target][j] === undefined) steps[target][j] = { rate: rates[j], error: err.message }
+    process.stdout.write(`FAILED: ${err.message}\n`)
+    rigs[target]?.gen?.child.kill('SIGKILL')
+    delete rigs[target]
+  }
+  try {
+    for (const target of opts.targets) {
+      process.stdout.write(`sweep: ${target}, opening ${opts.users * opts.subscribers} subscribers … `)
+      const t0 = Date.now()
+      try {
+        const servers = await startServers(target, 2, redis.url)
+        rigs[target] = { servers }
+        rigs[target].gen = steppedGenerator({
+          scenario: 'sweep',
+          stepped: true,
+          rates,
+          users: opts.users,
+          subscribers: opts.subscribers,
+          userPrefix: `s${target[0]}`,
+          concurrency: 200,
+          durationMs,
+          drainMs: SWEEP_DRAIN_MS,
+          quietMs: 3000,
+          pauseMs: SWEEP_PAUSE_MS,
+          ...generatorContext(servers, redis)
+        })
+        await rigs[target].gen.next((m) => m.ready === true, 180000, 'ready')
+        process.stdout.write(`open (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+      } catch (err) {
+        fail(target, 0, err)
+      }
+    }
+    for (const [i, rate] of rates.entries()) {
+      const turn = i % 2 === 0 ? opts.targets : [...opts.targets].reverse()
+      order.push(turn)
+      for (const target of turn) {
+        const rig = rigs[target]
+        if (rig === undefined) continue
+        await sleep(SWEEP_PAUSE_MS)
+        process.stdout.write(`sweep ${rate}/s: ${target} … `)
+        const t0 = Date.now()
+        try {
+          rig.gen.send({ step: i })
+          const { result } = await rig.gen.next((m) => m.step === i, stepTimeoutMs, `result of step ${i}`)
+          for (const s of rig.servers) {
+            if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during the sweep at ${rate}/s:\n${s.out.join('\n')}`)
+          }
+          steps[target][i] = result
+          process.stdout.write(`${sweepBrief(result)} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+        } catch (err) {
+          fail(target, i, err)
+        }
+      }
+    }
+    // The generators' last word: frames that came after their step's drain.
+    for (const [target, rig] of Object.entries(rigs)) {
+      try {
+        const { result } = await rig.gen.next((m) => m.ok === true, 60000, 'final result')
+        for (const [i, s] of result.steps.entries()) Object.assign(steps[target][i], { deliveriesAfterDrain: s.deliveriesAfterDrain, duplicatesAfterDrain: s.duplicatesAfterDrain })
+      } catch (err) {
+        process.stdout.write(`sweep: ${target}'s generator did not finish: ${err.message}\n`)
+      }
+    }
+  } finally {
+    await Promise.all(Object.values(rigs).map((r) => stopServers(r.servers)))
+  }
+  const sweep = {
+    rates,
+    users: opts.users,
+    subscribers: opts.subscribers,
+    sockets: opts.users * opts.subscribers,
+    instances: 2,
+    durationSeconds: opts.durationSeconds,
+    thresholdMs: THRESHOLD_MS,
+    minAchieved: MIN_ACHIEVED,
+    order,
+    targets: steps
+  }
+  sweep.knees = knees(sweep)
+  sweep.elapsedSeconds = (Date.now() - started) / 1000
+  return sweep
+}
+
+function sweepBrief (r) {
+  return `${Math.round(r.readingsPerSecond)} readings/s, ${Math.round(r.deliveredPerSecond)} deliveries/s, p99 ${r.latencyMs.p99?.toFixed(1)} ms, lost ${r.lost}, dup ${r.duplicates}, ` +
+    `server ${r.cpu.serverCpuPercent.toFixed(0)} %, generator ${r.cpu.generatorCpuPercent.toFixed(0)} %${r.reopenedBefore > 0 ? `, ${r.reopenedBefore} sockets reopened before` : ''}`
+}
+
+/** Prints the sweep and writes <results base>-sweep.json and -sweep.svg next to the run's JSON. */
+function reportSweep (sweep, mach) {
+  if (sweep === null) return
+  const note = `${sweep.users} users × ${sweep.subscribers} subscribers on 2 instances, ${sweep.durationSeconds} s per step; ${mach.cores} cores, Node ${mach.node}; ${new Date().toISOString().slice(0, 10)}`
+  process.stdout.write(`\nsweep — ${note}\n${sweepTable(sweep)}\n`)
+  process.stdout.write(`readings/s and deliveries/s: acknowledged and delivered over the time they took (at least the ${sweep.durationSeconds} s of ingest); CPU over ingest and drain; lost: acknowledged deliveries not in by the end of the drain.\n`)
+  const date = new Date().toISOString().slice(0, 10)
+  const base = (opts.out === undefined ? path.join(resultsDir, `${date}.json`) : path.resolve(opts.out)).replace(/\.json$/, '')
+  mkdirSync(path.dirname(base), { recursive: true })
+  writeFileSync(`${base}-sweep.json`, JSON.stringify({ date: new Date().toISOString(), machine: mach, options: opts, sweep }, null, 2) + '\n')
+  writeFileSync(`${base}-sweep.svg`, sweepSvg({ ...sweep, note }))
+  process.stdout.write(`\nwritten: ${path.relative(root, base)}-sweep.json and -sweep.svg (sweep ${sweep.elapsedSeconds.toFixed(0)} s)\n`)
+}
+
 // ---------------------------------------------------------------- main
 
 async function main () {
@@ -476,7 +667,9 @@ async function main () {
   const mach = machine()
   process.stdout.write(`heart-gateway bench — ${mach.cores} cores, ${mach.model}, Node ${mach.node}, Redis ${mach.redis}\n`)
   process.stdout.write(`pinning: ${mach.pinning}\n`)
-  process.stdout.write(`scenarios: ${opts.scenarios.join(', ')}; ${opts.rounds} round(s) each, targets alternating ${opts.targets.join('/')} (ABBA)\n\n`)
+  if (opts.scenarios.length > 0) process.stdout.write(`scenarios: ${opts.scenarios.join(', ')}; ${opts.rounds} round(s) each, targets alternating ${opts.targets.join('/')} (ABBA)\n`)
+  if (opts.sweep) process.stdout.write(`sweep: push at ${opts.sweepRates.join(', ')} readings/s, ${opts.durationSeconds} s each, ${opts.users * opts.subscribers} subscribers per target, ${opts.targets.join('/')} in turn\n`)
+  process.stdout.write('\n')
 
   const redisServer = await startRedis()
   const redis = { ...redisServer, client: new Redis(redisServer.url) }
@@ -484,6 +677,7 @@ async function main () {
   const errors = {}
   const profiles = {}
   const wanted = [opts.profile && 'ours', opts.profileBaseline && 'baseline'].filter((t) => t && opts.targets.includes(t))
+  let sweep = null
   try {
     for (const scenario of opts.scenarios) {
       runs[scenario] = { ours: [], baseline: [] }
@@ -507,10 +701,12 @@ async function main () {
       }
       if (scenario !== 'connect') for (const t of wanted) profiles[`${t} (${scenario})`] = await profileScenario(scenario, redis, t)
     }
+    if (opts.sweep) sweep = await runSweep(redis)
   } finally {
     redis.client.disconnect()
     redis.proc.kill('SIGKILL')
   }
+  if (opts.scenarios.length === 0) return reportSweep(sweep, mach)
 
   const summary = {}
   for (const scenario of opts.scenarios) {
@@ -538,6 +734,7 @@ async function main () {
     profiles: Object.fromEntries(Object.entries(profiles).map(([t, p]) => [t, p === null ? null : { file: path.relative(root, p.file), top: p.top, result: p.result }]))
   }, null, 2) + '\n')
   process.stdout.write(`\nwritten: ${path.relative(root, file)} (whole run ${((Date.now() - started) / 1000).toFixed(0)} s)\n`)
+  if (opts.sweep) reportSweep(sweep, mach)
 }
 
 function brief (scenario, r) {
