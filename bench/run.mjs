@@ -500,7 +500,28 @@ function describe (scenario) {
 // ---------------------------------------------------------------- sweep
 
 const SWEEP_PAUSE_MS = 2000
-const SWEEP_DRAIN_MS = 30000
+const SWEEP_DRAIN_MS = 20000
+const SWEEP_QUIET_CAP_MS = 20000
+
+function cpuTicks (pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(f[11]) + Number(f[12])
+}
+
+/**
+ * Waits until the servers together use under 5 % of a core over 500 ms (at most `capMs`), so a
+ * step past the knee whose backlog outlived its drain does not run into the next step; seconds waited.
+ */
+async function serversQuiet (pids, capMs) {
+  const t0 = Date.now()
+  for (;;) {
+    const a = pids.reduce((sum, p) => sum + cpuTicks(p), 0)
+    await sleep(500)
+    const b = pids.reduce((sum, p) => sum + cpuTicks(p), 0)
+    if ((b - a) / clkTck < 0.025 || Date.now() - t0 > capMs) return (Date.now() - t0) / 1000
+  }
+}
 
 /** A generator kept alive across steps: `next(pred)` waits for its next message that matches. */
 function steppedGenerator (config) {
@@ -594,11 +615,13 @@ async function runSweep (redis) {
         const rig = rigs[target]
         if (rig === undefined) continue
         await sleep(SWEEP_PAUSE_MS)
+        const waited = await serversQuiet(Object.values(rigs).flatMap((r) => r.servers.filter((s) => s.proc.exitCode === null).map((s) => s.proc.pid)), SWEEP_QUIET_CAP_MS)
         process.stdout.write(`sweep ${rate}/s: ${target} … `)
         const t0 = Date.now()
         try {
           rig.gen.send({ step: i })
           const { result } = await rig.gen.next((m) => m.step === i, stepTimeoutMs, `result of step ${i}`)
+          result.waitedForQuietSeconds = waited
           for (const s of rig.servers) {
             if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during the sweep at ${rate}/s:\n${s.out.join('\n')}`)
           }
@@ -640,7 +663,9 @@ async function runSweep (redis) {
 
 function sweepBrief (r) {
   return `${Math.round(r.readingsPerSecond)} readings/s, ${Math.round(r.deliveredPerSecond)} deliveries/s, p99 ${r.latencyMs.p99?.toFixed(1)} ms, lost ${r.lost}, dup ${r.duplicates}, ` +
-    `server ${r.cpu.serverCpuPercent.toFixed(0)} %, generator ${r.cpu.generatorCpuPercent.toFixed(0)} %${r.reopenedBefore > 0 ? `, ${r.reopenedBefore} sockets reopened before` : ''}`
+    `server ${r.cpu.serverCpuPercent.toFixed(0)} %, generator ${r.cpu.generatorCpuPercent.toFixed(0)} %` +
+    (r.waitedForQuietSeconds > 1 ? `, after ${r.waitedForQuietSeconds.toFixed(1)} s waiting for idle servers` : '') +
+    (r.reopenedBefore > 0 ? `, ${r.reopenedBefore} sockets reopened before` : '')
 }
 
 /** Prints the sweep and writes <results base>-sweep.json and -sweep.svg next to the run's JSON. */

@@ -74,8 +74,15 @@ const COLUMNS = [
   ['µs/deliv.', (s) => s.serverCpuPerDeliveryUs, 1],
   ['lost', (s) => s.lost, 0],
   ['dup', (s) => s.duplicates, 0],
-  ['gen CPU %', (s) => s.cpu?.generatorCpuPercent, 0]
+  ['gen CPU %', (s) => s.cpu?.generatorCpuPercent, 0],
+  // Other processes of the machine on either core: above a few %, the step measured contention.
+  ['others %', (s) => othersPercent(s), 0]
 ]
+
+function othersPercent (s) {
+  const o = [s.cpu?.othersOnServerCorePercent, s.cpu?.othersOnLoadCorePercent].filter((v) => typeof v === 'number')
+  return o.length === 0 ? undefined : Math.max(...o)
+}
 
 function num (v, digits) {
   if (typeof v !== 'number' || !Number.isFinite(v)) return '-'
