@@ -20,13 +20,14 @@
  *            same sockets; one result per step (`npm run bench -- --sweep`).
  */
 import http from 'node:http'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { createSigner } from 'fast-jwt'
 import { legacyKey } from '../dist/src/heart/redis-keys.js'
+import { windowProfilers } from './inspector.mjs'
 
 const cfg = JSON.parse(process.argv[2])
 const sign = createSigner({ key: cfg.secret, algorithm: 'HS256' })
@@ -146,6 +147,38 @@ async function closeAll (sockets) {
   await sleep(200)
 }
 
+// ---------------------------------------------------------------- measured windows
+
+/**
+ * Opens and closes a measured window: the CPU sample at each edge and, when the bench asked for
+ * profiles (cfg.inspect: the servers' inspector URLs), the servers' CPU profilers started and
+ * stopped at the same edges, so a profile holds the window and nothing else. One window at a time.
+ */
+let openWindow = null
+const windowProfiles = {}
+async function begin (label) {
+  openWindow = { label, profilers: null }
+  if (cfg.inspect !== undefined && label !== undefined) {
+    openWindow.profilers = await windowProfilers(cfg.inspect)
+    await openWindow.profilers.start()
+  }
+  return sample()
+}
+async function end () {
+  const s = sample()
+  const { label, profilers } = openWindow
+  openWindow = null
+  if (profilers !== null) {
+    const profiles = await profilers.stop()
+    windowProfiles[label] = profiles.map((profile, i) => {
+      const file = `${cfg.profileDir}/${cfg.scenario}-${label}-${cfg.target}-${i}-${Date.now()}.cpuprofile`
+      writeFileSync(file, JSON.stringify(profile))
+      return file
+    })
+  }
+  return s
+}
+
 // ---------------------------------------------------------------- connect
 
 async function connect () {
@@ -159,9 +192,9 @@ async function connect () {
   await sleep(1000)
   const rssBefore = procRssKiB(pid)
   const sockets = []
-  const s0 = sample()
+  const s0 = await begin('connect')
   const failures = await pool(n, concurrency, async (i) => { sockets.push(await openSocket(base, `c${i}`)) }, performance.now() + cfg.openDeadlineMs)
-  const s1 = sample()
+  const s1 = await end()
   await sleep(cfg.settleMs)
   const rssAfter = procRssKiB(pid)
   // Sockets that died while idle count as failures too.
@@ -232,10 +265,10 @@ async function query () {
   await sleep(cfg.warmupMs)
   const wrongBefore = wrong
   measuring = true
-  const s0 = sample()
+  const s0 = await begin('query')
   const windowStart = Date.now()
   await sleep(cfg.durationMs)
-  const s1 = sample()
+  const s1 = await end()
   const windowEnd = Date.now()
   measuring = false
   running = false
@@ -397,7 +430,7 @@ async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
     req.end(body)
   }
 
-  const s0 = sample()
+  const s0 = await begin('push')
   const start = performance.now()
   await new Promise((resolve) => {
     const timer = setInterval(() => {
@@ -419,7 +452,7 @@ async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
     if (now - movedAt > quietMs) break
     await sleep(10)
   }
-  const s1 = sample()
+  const s1 = await end()
   st.closed = true
   rig.current = null
   let lost = 0
@@ -511,14 +544,14 @@ async function sweep () {
 }
 
 /** Sends `rate` readings/s for `durationMs`, round-robin over users, through `send(userIdx, body)` → Promise<boolean>. */
-async function paced (users, rate, durationMs, send) {
+async function paced (users, rate, durationMs, send, label) {
   const seq = new Array(users).fill(0)
   let sent = 0
   let acked = 0
   let failed = 0
   let pending = 0
   const total = Math.round(rate * durationMs / 1000)
-  const s0 = sample()
+  const s0 = await begin(label)
   const start = performance.now()
   await new Promise((resolve) => {
     const timer = setInterval(() => {
@@ -535,7 +568,7 @@ async function paced (users, rate, durationMs, send) {
   })
   const deadline = performance.now() + 30000
   while (pending > 0 && performance.now() < deadline) await sleep(5)
-  const s1 = sample()
+  const s1 = await end()
   const cpu = cpuBetween(s0, s1)
   const redisUs = cpu.redisCpuPercent / 100 * cpu.wallSeconds * 1e6
   return {
@@ -594,14 +627,14 @@ async function ingest () {
   const result = { users: u, readingsPerSecondTarget: rate }
   // Warm-up, not measured: the first path measured would otherwise pay for the JIT and connection set-up.
   await paced(u, rate, Math.min(2000, durationMs), (i, r) => post(i, cfg.apiKey, r))
-  result.service = await paced(u, rate, durationMs, (i, r) => post(i, cfg.apiKey, r))
-  result.device = await paced(u, rate, durationMs, (i, r) => post(i, deviceKeys[i], r))
-  result.publish = await paced(u, rate, durationMs, publish)
+  result.service = await paced(u, rate, durationMs, (i, r) => post(i, cfg.apiKey, r), 'service')
+  result.device = await paced(u, rate, durationMs, (i, r) => post(i, deviceKeys[i], r), 'device')
+  result.publish = await paced(u, rate, durationMs, publish, 'publish')
   for (const userId of users) {
     const r = await request('PUT', `/heart/${userId}/alert-rules`, { authorization: `Bearer ${tokenOf(userId)}` }, '{"high":200,"low":30,"sustainS":10,"offline":true}')
     if (r.status !== 200) throw new Error(`ingest: PUT alert-rules answered ${r.status}`)
   }
-  result.publishWithRules = await paced(u, rate, durationMs, publish)
+  result.publishWithRules = await paced(u, rate, durationMs, publish, 'publishWithRules')
   result.rulesCostPercent = 100 * (result.publishWithRules.serverCpuPerReadingUs + result.publishWithRules.redisCpuPerReadingUs) /
     (result.publish.serverCpuPerReadingUs + result.publish.redisCpuPerReadingUs) - 100
   result.failedTotal = result.service.failed + result.device.failed + result.publish.failed + result.publishWithRules.failed
@@ -615,6 +648,7 @@ async function ingest () {
 const scenarios = { connect, query, push, ingest, sweep }
 try {
   const result = await scenarios[cfg.scenario]()
+  if (cfg.inspect !== undefined) result.profiles = windowProfiles
   if (process.send) process.send({ ok: true, result })
   else process.stdout.write(JSON.stringify(result, null, 2) + '\n')
 } catch (err) {

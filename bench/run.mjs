@@ -19,8 +19,10 @@
  *   --rate=500                       BENCH_RATE        readings/s ingested in push
  *   --targets=ours,baseline          BENCH_TARGETS
  *   --no-pin                         BENCH_NO_PIN=1    do not use taskset
- *   --profile                        BENCH_PROFILE=1   one extra run of ours per scenario under --cpu-prof
- *                                                      (not counted in the table), summarised with bench/top-functions.mjs
+ *   --profile                        BENCH_PROFILE=1   one extra run of ours per scenario with the CPU profiler on
+ *                                                      during the measured window only (through the inspector,
+ *                                                      bench/inspector.mjs; not counted in the table),
+ *                                                      summarised with bench/top-functions.mjs
  *   --profile-baseline               BENCH_PROFILE_BASELINE=1  the same for the baseline, to compare with
  *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
  *
@@ -36,7 +38,7 @@
  *   --sweep-rates=250,500,1000,2000,4000  BENCH_SWEEP_RATES  readings/s of the steps (--duration s each)
  */
 import { spawn, fork, execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -46,6 +48,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { topFunctions, formatTop } from './top-functions.mjs'
 import { knees, sweepSvg, sweepTable, THRESHOLD_MS, MIN_ACHIEVED } from './sweep.mjs'
+import { inspectorUrlOf } from './inspector.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
@@ -243,12 +246,13 @@ async function waitHealthy (port, proc, out) {
 /** Starts `instances` servers of a target; ours is the compiled service with the bench's limits. */
 async function startServers (target, instances, redisUrl, { profile = false } = {}) {
   const servers = []
+  // Profiled: the inspector on a port of its own; the load generator runs the profiler over the measured window only.
+  const nodeArgs = profile ? ['--inspect=127.0.0.1:0'] : []
   for (let i = 0; i < instances; i++) {
     const port = await freePort()
     const common = { PORT: String(port), HOST: '127.0.0.1', REDIS_URL: redisUrl, JWT_SECRET: SECRET, INGEST_API_KEYS: API_KEY, HEART_KEY_PREFIX: PREFIX }
     let proc
     if (target === 'ours') {
-      const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []
       proc = pinnedSpawn(SERVER_CORE, process.execPath, [...nodeArgs, path.join(root, 'dist/src/server.js')], {
         cwd: root,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -265,7 +269,6 @@ async function startServers (target, instances, redisUrl, { profile = false } = 
         }
       })
     } else {
-      const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []
       proc = pinnedSpawn(SERVER_CORE, process.execPath, [...nodeArgs, path.join(here, 'baseline/server.mjs')], {
         cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: env.PATH, ...common }
       })
@@ -274,6 +277,12 @@ async function startServers (target, instances, redisUrl, { profile = false } = 
     servers.push({ proc, port, out, url: `http://127.0.0.1:${port}` })
   }
   await Promise.all(servers.map((s) => waitHealthy(s.port, s.proc, s.out)))
+  if (profile) {
+    for (const s of servers) {
+      s.inspector = s.out.map(inspectorUrlOf).find((u) => u !== null)
+      if (s.inspector === undefined) throw new Error(`no inspector URL in the output of a profiled server:\n${s.out.join('\n')}`)
+    }
+  }
   return servers
 }
 
@@ -368,7 +377,13 @@ async function runOne (scenario, target, redis, { profile = false } = {}) {
   const servers = await startServers(target, setup.instances, redis.url, { profile })
   const t0 = Date.now()
   try {
-    const result = await runLoad({ ...setup.config, scenario, ...generatorContext(servers, redis) }, setup.timeoutMs)
+    const result = await runLoad({
+      ...setup.config,
+      scenario,
+      ...generatorContext(servers, redis),
+      target,
+      ...(profile ? { inspect: servers.map((s) => s.inspector), profileDir } : {})
+    }, setup.timeoutMs)
     for (const s of servers) {
       if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during ${scenario}:\n${s.out.join('\n')}`)
     }
@@ -724,7 +739,10 @@ async function main () {
           }
         }
       }
-      if (scenario !== 'connect') for (const t of wanted) profiles[`${t} (${scenario})`] = await profileScenario(scenario, redis, t)
+      for (const t of wanted) {
+        if (scenarioSetup[scenario].oursOnly && t !== 'ours') continue
+        for (const p of await profileScenario(scenario, redis, t) ?? []) profiles[`${t} (${scenario}${p.label === scenario ? '' : `: ${p.label}`})`] = p
+      }
     }
     if (opts.sweep) sweep = await runSweep(redis)
   } finally {
@@ -743,7 +761,7 @@ async function main () {
   process.stdout.write(`code measured: ${mach.code}\n`)
   process.stdout.write(`machine: ${mach.cores} cores, ${mach.model}, ${mach.memoryGiB} GiB, Node ${mach.node}, Redis ${mach.redis}, Linux ${mach.kernel}; ${mach.pinning}\n`)
   for (const [target, profile] of Object.entries(profiles)) {
-    if (profile !== null) process.stdout.write(`\nprofile of ${target}: ${path.relative(root, profile.file)}\n${profile.text}\n`)
+    process.stdout.write(`\nprofile of ${target}: ${profile.files.map((f) => path.relative(root, f)).join(', ')}\n${profile.text}\n`)
   }
 
   const date = new Date().toISOString().slice(0, 10)
@@ -756,7 +774,7 @@ async function main () {
     options: opts,
     summary,
     runs,
-    profiles: Object.fromEntries(Object.entries(profiles).map(([t, p]) => [t, p === null ? null : { file: path.relative(root, p.file), top: p.top, result: p.result }]))
+    profiles: Object.fromEntries(Object.entries(profiles).map(([t, p]) => [t, { files: p.files.map((f) => path.relative(root, f)), top: p.top }]))
   }, null, 2) + '\n')
   process.stdout.write(`\nwritten: ${path.relative(root, file)} (whole run ${((Date.now() - started) / 1000).toFixed(0)} s)\n`)
   if (opts.sweep) reportSweep(sweep, mach)
@@ -769,22 +787,22 @@ function brief (scenario, r) {
   return `${Math.round(r.deliveriesPerSecond)} deliveries/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, lost ${r.lost}, dup ${r.duplicates}, ${r.serverCpuPerDeliveryUs.toFixed(2)} µs CPU/delivery`
 }
 
-/** One extra run under --cpu-prof; its figures are kept apart from the table's. For push, the newest instance's profile. */
+/**
+ * One extra run with the servers' profilers on during each measured window (not in the table):
+ * one summary per window (push: both instances summed; ingest: one per way in).
+ */
 async function profileScenario (scenario, redis, target) {
   mkdirSync(profileDir, { recursive: true })
-  const before = new Set(readdirSync(profileDir))
-  process.stdout.write(`${scenario}, profiled: ${target} under --cpu-prof (not in the table) … `)
+  process.stdout.write(`${scenario}, profiled: ${target}, the measured window only (not in the table) … `)
   try {
     const result = await runOne(scenario, target, redis, { profile: true })
     process.stdout.write(`${brief(scenario, result)}\n`)
-    const fresh = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f))
-      .map((f) => path.join(profileDir, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)
-    if (fresh.length === 0) throw new Error('no .cpuprofile was written')
-    // Only the measured window: start-up, socket opening, warm-up and shutdown stay out.
-    const w = result.window
-    const range = w === undefined ? null : [w.startEpochMs - result.spawnedAtEpochMs, w.endEpochMs - result.spawnedAtEpochMs]
-    const top = topFunctions(JSON.parse(readFileSync(fresh[0], 'utf8')), 25, range)
-    return { file: fresh[0], top, text: formatTop(top), result }
+    const windows = Object.entries(result.profiles ?? {})
+    if (windows.length === 0) throw new Error('no profile was taken')
+    return windows.map(([label, files]) => {
+      const top = topFunctions(files.map((f) => JSON.parse(readFileSync(f, 'utf8'))), 25)
+      return { label, files, top, text: formatTop(top) }
+    })
   } catch (err) {
     process.stdout.write(`FAILED: ${err.message}\n`)
     return null

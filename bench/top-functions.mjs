@@ -1,6 +1,7 @@
 /**
- * The functions a .cpuprofile (node --cpu-prof) spent most self time in, and the same time
- * grouped by where the code lives (our dist/, a package, Node internals).
+ * The functions a .cpuprofile (node --cpu-prof, or the inspector's Profiler.stop) spent most self
+ * time in, and the same time grouped by where the code lives (our dist/, a package, Node internals).
+ * Several profiles (one per instance) are summed.
  *
  *   node bench/top-functions.mjs <file.cpuprofile> [count=25] [fromMs toMs]
  *
@@ -37,27 +38,32 @@ function shortUrl (url) {
  * Self time per function (summed over every node of the call tree with the same name, file and
  * line) and per place. A sample's time is the gap to the next sample, as DevTools counts it.
  */
-export function topFunctions (profile, count = 25, windowMs = null) {
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]))
+export function topFunctions (profiles, count = 25, windowMs = null) {
+  // Several profiles (one per instance) count as one: the same function sums over them.
   const self = new Map()
-  const { samples, timeDeltas } = profile
-  let at = 0
-  for (let i = 0; i < samples.length; i++) {
-    at += timeDeltas[i]
-    if (windowMs !== null && (at < windowMs[0] * 1000 || at > windowMs[1] * 1000)) continue
-    const us = i + 1 < timeDeltas.length ? timeDeltas[i + 1] : 0
-    self.set(samples[i], (self.get(samples[i]) ?? 0) + us)
+  for (const profile of Array.isArray(profiles) ? profiles : [profiles]) {
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]))
+    const { samples, timeDeltas } = profile
+    let at = 0
+    for (let i = 0; i < samples.length; i++) {
+      at += timeDeltas[i]
+      if (windowMs !== null && (at < windowMs[0] * 1000 || at > windowMs[1] * 1000)) continue
+      const us = i + 1 < timeDeltas.length ? timeDeltas[i + 1] : 0
+      const { callFrame } = byId.get(samples[i])
+      const key = `${callFrame.functionName}\u0000${callFrame.url}\u0000${callFrame.lineNumber}`
+      const s = self.get(key) ?? { callFrame, us: 0 }
+      s.us += us
+      self.set(key, s)
+    }
   }
   let total = 0
   let idle = 0
   const fns = new Map()
   const places = new Map()
-  for (const [id, us] of self) {
-    const { callFrame } = byId.get(id)
+  for (const [key, { callFrame, us }] of self) {
     total += us
     if (callFrame.functionName === '(idle)') { idle += us; continue }
     const name = callFrame.functionName || '(anonymous)'
-    const key = `${name}\u0000${callFrame.url}\u0000${callFrame.lineNumber}`
     const f = fns.get(key) ?? { name, where: callFrame.url === '' ? '' : `${shortUrl(callFrame.url)}:${callFrame.lineNumber + 1}`, selfUs: 0 }
     f.selfUs += us
     fns.set(key, f)
@@ -90,9 +96,10 @@ export function formatTop (top) {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const [file, count = '25', from, to] = process.argv.slice(2)
+  // node bench/top-functions.mjs a.cpuprofile,b.cpuprofile sums both.
   if (file === undefined) {
     process.stderr.write('usage: node bench/top-functions.mjs <file.cpuprofile> [count=25]\n')
     process.exit(2)
   }
-  process.stdout.write(formatTop(topFunctions(JSON.parse(readFileSync(file, 'utf8')), Number(count), from === undefined ? null : [Number(from), Number(to)])) + '\n')
+  process.stdout.write(formatTop(topFunctions(file.split(',').map((f) => JSON.parse(readFileSync(f, 'utf8'))), Number(count), from === undefined ? null : [Number(from), Number(to)])) + '\n')
 }
