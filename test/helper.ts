@@ -366,7 +366,7 @@ export function recorder (userId: string): Watcher & { frames: string[], bpms: (
     push (_owner, frame) { frames.push(frame.toString()) },
     send (frame) { frames.push(frame) },
     revoked (ownerId) { frames.push(`revoked:${ownerId}`) },
-    notify (_owner, frame) { frames.push(frame) },
+    notify (_owner, frame) { frames.push(frame.toString()) },
     bpms: () => frames.filter((f) => f.startsWith('{')).map((f) => JSON.parse(f).bpm)
   }
 }

@@ -3,6 +3,7 @@ import { presenceAt, type Presence } from './freshness.js'
 import { compareIds } from './reading.js'
 import { alertFrame, readingFrame, statusFrame, type SubscribedState } from './protocol.js'
 import type { Alert } from './episodes.js'
+import { SharedFrame } from './shared-frame.js'
 import { HISTORY_PAGE_MAX, type FeedListener, type HeartStore, type LiveReading, type Snapshot } from './store.js'
 
 /** Where a subscription's frames go: a socket session. */
@@ -12,17 +13,17 @@ export interface Watcher {
   /** The owner withdrew this watcher's grant: its subscription to `ownerId` is already gone. */
   revoked (ownerId: string): void
   /** A live reading frame for `userId`, encoded once for every watcher; the watcher may conflate these when it is slow. */
-  push (userId: string, frame: Buffer): void
+  push (userId: string, frame: SharedFrame): void
   /** A frame that must not be dropped (replay). */
   send (frame: string): void
   /**
    * A frame about `userId` that must be neither dropped nor conflated, and must stay in order
    * with its readings (`status`): readings still pending for that user go out before it.
    */
-  notify (userId: string, frame: string): void
+  notify (userId: string, frame: SharedFrame): void
 }
 
-type Held = { frame: Buffer, id: string | null } | { status: Presence, frame: string } | { alert: string, frame: string }
+type Held = { frame: SharedFrame, id: string | null } | { status: Presence, frame: SharedFrame } | { alert: string, frame: SharedFrame }
 
 /** One socket watching one user. */
 export class Subscription {
@@ -49,7 +50,7 @@ export class Subscription {
    * runs on its own connection and can deliver a reading after the replay read it from history,
    * and a fill after the feed resumes can meet what a replay already sent.
    */
-  offer (frame: Buffer, id: string | null): void {
+  offer (frame: SharedFrame, id: string | null): void {
     if (!this.active) return
     if (this.held !== null) {
       this.held.push({ frame, id })
@@ -66,7 +67,7 @@ export class Subscription {
    * A change of the user's presence. Only a change from what the watcher was last told is sent:
    * `subscribed` may already report the state an offline timer firing a moment late announces.
    */
-  offerStatus (state: Presence, frame: string): void {
+  offerStatus (state: Presence, frame: SharedFrame): void {
     if (!this.active) return
     if (this.held !== null) {
       this.held.push({ status: state, frame })
@@ -78,7 +79,7 @@ export class Subscription {
   }
 
   /** An alert episode opened or closed: never dropped or conflated, and sent once per transition. */
-  offerAlert (key: string, frame: string): void {
+  offerAlert (key: string, frame: SharedFrame): void {
     if (!this.active) return
     if (this.held !== null) {
       this.held.push({ alert: key, frame })
@@ -301,7 +302,7 @@ export class Hub implements FeedListener {
   }
 
   private announce (topic: Topic, userId: string): void {
-    const frame = statusFrame(userId, topic.presence, topic.lastTs)
+    const frame = new SharedFrame(statusFrame(userId, topic.presence, topic.lastTs))
     for (const sub of topic.subs) sub.offerStatus(topic.presence, frame)
   }
 
@@ -349,8 +350,8 @@ export class Hub implements FeedListener {
       if (topic.cursor === null || compareIds(r.id, topic.cursor) > 0) topic.cursor = r.id
     }
     this.seen(topic, userId, r.ts)
-    // Encoded once: every local watcher is sent the same bytes.
-    const frame = Buffer.from(readingFrame(userId, r))
+    // Encoded once, JSON and WebSocket frame: every local watcher is sent the same bytes.
+    const frame = new SharedFrame(readingFrame(userId, r))
     for (const sub of topic.subs) sub.offer(frame, r.id)
     if (r.id !== null) this.observer?.pushed(r.id)
   }
@@ -358,7 +359,7 @@ export class Hub implements FeedListener {
   alert (userId: string, alert: Alert): void {
     const topic = this.topics.get(userId)
     if (topic === undefined) return
-    const frame = alertFrame(alert)
+    const frame = new SharedFrame(alertFrame(alert))
     const key = `${alert.alertId}:${alert.state}`
     for (const sub of topic.subs) sub.offerAlert(key, frame)
   }

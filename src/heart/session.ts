@@ -8,6 +8,7 @@ import {
 } from './protocol.js'
 import type { FrameOutType, Metrics } from '../metrics.js'
 import type { PublishLimiter } from './publish-limit.js'
+import { sharedFrameSender, type SharedFrame } from './shared-frame.js'
 import { isUserId, type NewReading } from './reading.js'
 import { StoreUnavailableError, type HeartStore } from './store.js'
 
@@ -35,8 +36,6 @@ export interface SessionDeps {
 }
 
 const OPEN = 1
-/** Frames are text, also when the hub hands over bytes it encoded once for all watchers. */
-const TEXT = { binary: false }
 const LEFT_BRACE = 123
 const DRAIN_POLL_MS = 20
 /** A flood that has gone on this long (rejections in every second of it) closes the socket with 1008. */
@@ -54,7 +53,9 @@ export class HeartSession implements Watcher {
   /** The last replay (a subscribe with `since`) asked for on this socket; the next one starts after it. */
   private replay: Promise<void> = Promise.resolve()
   /** Newest pending reading frame per user while the socket is too slow; null when not conflating. */
-  private conflated: Map<string, Buffer> | null = null
+  private conflated: Map<string, SharedFrame> | null = null
+  /** Writes a frame the hub encoded once for every watcher. */
+  private readonly sendShared: (frame: SharedFrame) => void
   private drainTimer: NodeJS.Timeout | null = null
   private expiryTimer: NodeJS.Timeout | null = null
   private validUntilMs = 0
@@ -72,6 +73,7 @@ export class HeartSession implements Watcher {
     private readonly log: FastifyBaseLogger
   ) {
     this.allowance = deps.limits.messageRate
+    this.sendShared = sharedFrameSender(ws)
     this.setExpiry(validUntilMs)
   }
 
@@ -309,10 +311,11 @@ export class HeartSession implements Watcher {
   }
 
   /** Writes a frame that must not be dropped; closes the socket with 1013 past the hard buffer limit. */
-  private write (frame: string | Buffer, kind: FrameOutType): void {
+  private write (frame: string | SharedFrame, kind: FrameOutType): void {
     const ws = this.ws
     if (ws.readyState !== OPEN) return
-    ws.send(frame, TEXT)
+    if (typeof frame === 'string') ws.send(frame)
+    else this.sendShared(frame)
     this.deps.metrics.frameOut(kind)
     if (ws.bufferedAmount > this.deps.limits.maxBufferedBytes) {
       this.log.warn({ userId: this.userId, buffered: ws.bufferedAmount }, 'closing a socket that does not read what it is sent')
@@ -321,7 +324,7 @@ export class HeartSession implements Watcher {
   }
 
   /** Never conflated: a reading of that user still pending goes first, so the order is kept. */
-  notify (userId: string, frame: string): void {
+  notify (userId: string, frame: SharedFrame): void {
     const pending = this.conflated?.get(userId)
     if (pending !== undefined) {
       this.conflated?.delete(userId)
@@ -331,7 +334,7 @@ export class HeartSession implements Watcher {
   }
 
   /** A live reading: sent now, or, while the socket is slow, kept as the newest one for its user. */
-  push (userId: string, frame: Buffer): void {
+  push (userId: string, frame: SharedFrame): void {
     if (this.conflated !== null) {
       this.conflated.set(userId, frame)
       return
@@ -343,8 +346,8 @@ export class HeartSession implements Watcher {
       return
     }
     // The hot path of push: below the soft limit the hard one cannot be reached by a frame this
-    // small, and ws drops a send on a socket that is closing.
-    ws.send(frame, TEXT)
+    // small, and a socket that is closing is sent nothing.
+    this.sendShared(frame)
     this.deps.metrics.frameOut('reading')
   }
 
