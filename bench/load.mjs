@@ -311,7 +311,8 @@ async function openPushRig (u, s, userPrefix) {
     /** The step being measured, or null between steps. */
     current: null,
     unexpected: 0,
-    seq: new Array(u).fill(0)
+    seq: new Array(u).fill(0),
+    lastTs: new Array(u).fill(0)
   }
   const subscribe = async (idx) => {
     const userIdx = idx % u
@@ -400,7 +401,10 @@ async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
     const n = rig.seq[userIdx]++
     const bpm = 20 + (n % 231)
     const target = targets[i % targets.length]
-    const ts = Date.now()
+    // Strictly increasing per user: two readings of one user in the same millisecond (a late
+    // timer tick sends a burst) would be one reading twice to a server that drops duplicates.
+    const ts = Math.max(Date.now(), rig.lastTs[userIdx] + 1)
+    rig.lastTs[userIdx] = ts
     const r = { step: st, sentHr: performance.now(), got: 0, acked: false, seen: new Uint8Array(s) }
     rig.readings.set(`${userId}|${ts}|${bpm}`, r)
     st.records.push(r)
@@ -459,6 +463,10 @@ async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
   for (const r of st.records) if (r.acked) lost += s - r.got
   const cpu = cpuBetween(s0, s1)
   const deliveries = st.deliveries
+  const latencyMs = percentiles(st.latMs)
+  const latencyHrMs = percentiles(st.latHr)
+  // A closed step only counts frames from here on: let the sweep's later steps have the memory.
+  st.latMs = st.latHr = st.records = null
   return {
     st,
     result: {
@@ -482,8 +490,8 @@ async function pushStep (rig, rate, { durationMs, drainMs, quietMs }) {
       duplicates: st.duplicates,
       unexpected: st.unexpected,
       deliverySpanSeconds: (st.lastDeliveryAt - st.firstDeliveryAt) / 1000,
-      latencyMs: percentiles(st.latMs),
-      latencyHrMs: percentiles(st.latHr),
+      latencyMs,
+      latencyHrMs,
       ingestHttpMs: percentiles(ingestLat),
       serverCpuPerDeliveryUs: cpu.serverCpuUs / Math.max(1, deliveries),
       cpu
