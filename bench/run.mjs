@@ -688,7 +688,7 @@ function reportSweep (sweep, mach) {
   if (sweep === null) return
   const note = `${sweep.users} users × ${sweep.subscribers} subscribers on 2 instances, ${sweep.durationSeconds} s per step; ${mach.cores} cores, Node ${mach.node}; ${new Date().toISOString().slice(0, 10)}`
   process.stdout.write(`\nsweep — ${note}\n${sweepTable(sweep)}\n`)
-  process.stdout.write(`readings/s and deliveries/s: acknowledged and delivered over the time they took (at least the ${sweep.durationSeconds} s of ingest); CPU over ingest and drain; lost: acknowledged deliveries not in by the end of the drain.\n`)
+  process.stdout.write('readings/s and deliveries/s: acknowledged and delivered, per second between the first and the last of them; CPU over ingest and drain; lost: deliveries of acknowledged readings not in by the end of the drain; others: the most other processes took from either core.\n')
   const date = new Date().toISOString().slice(0, 10)
   const base = (opts.out === undefined ? path.join(resultsDir, `${date}.json`) : path.resolve(opts.out)).replace(/\.json$/, '')
   mkdirSync(path.dirname(base), { recursive: true })
