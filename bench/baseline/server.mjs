@@ -1,15 +1,22 @@
 /**
  * The floor the service is measured against: the same work as heart-gateway with only `ws`,
- * `ioredis` and `fast-jwt`, written plainly. Same Redis layout, same frames, same ingest script, so
- * bench/load.mjs treats both alike. Not a product: no replay, no sharing, no rate limits, no
- * graceful drain — those are costs the service chooses to pay, and the ratios show what they cost.
+ * `ioredis` and `fast-jwt`, written plainly. Same Redis layout, same frames, and the service's own
+ * ingest script, imported from its compiled output (dist/src/heart/redis-scripts.js: run
+ * `npm run build` first), with the same keys and arguments: the duplicate check (ids-by-ts), the
+ * alert episode state, the exact history trim — so Redis does the same work for both and the
+ * ratios compare the servers. bench/load.mjs treats both alike. Not a product: no replay, no
+ * sharing, no rate limits, no graceful drain — those are costs the service chooses to pay, and the
+ * ratios show what they cost.
  *
  * - WebSocket `/heart/current`: HS256 JWT from `Authorization: Bearer` checked on upgrade (401 otherwise).
  *   A text frame that is a user id (self only) answers `GET <prefix><userId>` or `0`;
  *   `{"type":"subscribe","userId":…}` (self only) pushes `{"type":"reading",…}` frames, one Redis
- *   subscription per watched user on this instance, reference-counted.
- * - `POST /heart/:userId/readings` with `x-api-key`: `{bpm, ts?}` or `{readings: [...]}` through one Lua
- *   script (XADD history, SET current and `<ts>:<bpm>`, PUBLISH), answered 202 `{accepted, ids}`.
+ *   subscription per watched user on this instance, reference-counted (alert messages on the
+ *   channel are ignored: the floor has no alert frames).
+ * - `POST /heart/:userId/readings` with `x-api-key`: `{bpm, ts?}` or `{readings: [...]}` through the
+ *   ingest script (a reading without `ts` gets server time and no duplicate check, as in ours),
+ *   answered 202 `{accepted, duplicates, ids}`; when the script says the user has the offline
+ *   rule on, the ZADD that puts the user on the offline sweep, as ours does.
  * - `GET /health`: 200 once Redis answers.
  *
  * Env: PORT, HOST (127.0.0.1), REDIS_URL, JWT_SECRET, HEART_KEY_PREFIX (heart:), INGEST_API_KEYS,
@@ -19,6 +26,11 @@ import http from 'node:http'
 import { Redis } from 'ioredis'
 import { WebSocketServer } from 'ws'
 import { createVerifier } from 'fast-jwt'
+// The service's own ingest script and key layout, from its compiled output: one source of truth,
+// so Redis does the same work for both servers (duplicate check, episode state, trimming).
+import { INGEST_LUA } from '../../dist/src/heart/redis-scripts.js'
+import { userKeys } from '../../dist/src/heart/redis-keys.js'
+import { EPISODES_MAX } from '../../dist/src/heart/episodes.js'
 
 const env = process.env
 const PORT = Number(env.PORT ?? 3100)
@@ -30,40 +42,13 @@ const PING_INTERVAL_MS = Number(env.PING_INTERVAL_MS ?? 25000)
 const USER_ID = /^[A-Za-z0-9_-]{1,64}$/
 const BEARER = /^Bearer +([^ ]+)$/i
 
-// The service's ingest script, verbatim: Redis does the same work for both servers.
-const INGEST = `#!lua
-local function kind (key) return redis.call('TYPE', key)['ok'] end
-local k1, k2, k3 = kind(KEYS[1]), kind(KEYS[2]), kind(KEYS[3])
-if (k1 ~= 'none' and k1 ~= 'string') or (k2 ~= 'none' and k2 ~= 'string') or (k3 ~= 'none' and k3 ~= 'stream') then
-  return redis.error_reply('WRONGTYPE heart keys hold unexpected types; nothing written')
-end
-local meta = redis.call('GET', KEYS[2])
-local newest = -1
-if meta then newest = tonumber(string.match(meta, '^(%d+)')) or -1 end
-local ids, msgs, newTs, newBpm = {}, {}, nil, nil
-for i = 4, #ARGV, 2 do
-  local bpm, ts = ARGV[i], ARGV[i + 1]
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'bpm', bpm, 'ts', ts)
-  ids[#ids + 1] = id
-  msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
-  local t = tonumber(ts)
-  if t > newest then newest, newTs, newBpm = t, ts, bpm end
-end
-if newBpm then
-  redis.call('SET', KEYS[1], newBpm)
-  redis.call('SET', KEYS[2], newTs .. ':' .. newBpm)
-end
-redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
-return ids
-`
-
 const redis = new Redis(env.REDIS_URL)
-redis.defineCommand('heartIngest', { numberOfKeys: 3, lua: INGEST })
+redis.defineCommand('heartIngest', { numberOfKeys: 8, lua: INGEST_LUA })
 const sub = redis.duplicate()
 const verify = createVerifier({ key: env.JWT_SECRET, algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] })
 
-const meta = (userId) => `{${PREFIX}${userId}}:ts`
-const channelOf = (userId) => `{${PREFIX}${userId}}:live`
+const meta = (userId) => userKeys(PREFIX, userId).meta
+const channelOf = (userId) => userKeys(PREFIX, userId).channel
 
 /** Watched user → the local sockets watching it. One Redis subscription per key. */
 const watchers = new Map()
@@ -72,7 +57,10 @@ sub.on('message', (channel, message) => {
   const userId = channel.slice(1 + PREFIX.length, -'}:live'.length)
   const set = watchers.get(userId)
   if (set === undefined) return
-  for (const r of JSON.parse(message)) {
+  const list = JSON.parse(message)
+  // The script also publishes alert episodes (`{"alert":…}`) on the channel: no frames for those here.
+  if (!Array.isArray(list)) return
+  for (const r of list) {
     const frame = `{"type":"reading","userId":"${userId}","id":"${r.id}","bpm":${r.bpm},"ts":${r.ts}}`
     for (const ws of set) ws.send(frame)
   }
@@ -174,11 +162,15 @@ async function ingest (req, res, userId) {
   if (!Array.isArray(batch) || batch.length === 0 || batch.length > 500 || !batch.every((r) => isBpm(r?.bpm) && isTs(r.ts))) {
     return send(res, 400, { statusCode: 400, message: 'bad readings' })
   }
-  const args = [HISTORY_MAX, 'PUBLISH', channelOf(userId)]
-  for (const r of batch) args.push(r.bpm, r.ts ?? now)
+  const k = userKeys(PREFIX, userId)
+  const args = [HISTORY_MAX, 'PUBLISH', k.channel, userId, EPISODES_MAX]
+  // A reading without its own ts gets server time and skips the duplicate check (own = 0), as in ours.
+  for (const r of batch) args.push(r.bpm, r.ts ?? now, r.ts === undefined ? 0 : 1)
   try {
-    const ids = await redis.heartIngest(PREFIX + userId, meta(userId), `{${PREFIX}${userId}}:history`, ...args)
-    send(res, 202, { accepted: ids.length, ids })
+    const [ids, duplicates, , newest] = await redis.heartIngest(k.current, k.meta, k.history, k.idsByTs, k.alertRules, k.alertState, k.alertLog, k.alerts, ...args)
+    // With the offline rule on, the script answers the newest ts: the user goes on the offline sweep.
+    if (typeof newest === 'string') await redis.zadd(`${PREFIX}alert-offline-due`, 'GT', newest, userId).catch(() => {})
+    send(res, 202, { accepted: ids.length - duplicates, duplicates, ids })
   } catch {
     send(res, 503, { statusCode: 503, message: 'store unavailable' })
   }

@@ -42,8 +42,9 @@ class LuaScript {
  * (5) runs every newly stored reading through the user's alert rules, in request order.
  * Returns { ids (one per reading, in order), duplicates, the alert transitions as JSON, and the
  * user's newest ts when the offline rule is on (else false) }.
+ * The source is exported for the bench's floor (bench/baseline/server.mjs), which runs it too.
  */
-export const INGEST = new LuaScript(`#!lua
+export const INGEST_LUA = `#!lua
 ${EPISODES_LUA}
 local current, meta, history, idsByTs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local historyMax = tonumber(ARGV[1])
@@ -113,7 +114,8 @@ if ep:active() then
   if rules.offline then watchOffline = string.format('%d', newest) end
 end
 return { ids, duplicates, ep.out, watchOffline }
-`)
+`
+export const INGEST = new LuaScript(INGEST_LUA)
 
 /*
  * The user went offline: opens the \`offline\` episode once, if the rule is on, none is open and
