@@ -16,6 +16,8 @@
  *            HTTP with a service key, HTTP with each user's device key, `publish` over each user's
  *            own socket, and `publish` again with alert rules set (the episode evaluation in the
  *            ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
+ *            And the reference the check and the rules are measured against: `publish` of
+ *            readings without ts (server-stamped, so no duplicate check) and no rules.
  * - sweep:   the push set-up opened once, then push's measurement at each rate of a list, on the
  *            same sockets; one result per step (`npm run bench -- --sweep`).
  */
@@ -638,6 +640,8 @@ async function ingest () {
   result.service = await paced(u, rate, durationMs, (i, r) => post(i, cfg.apiKey, r), 'service')
   result.device = await paced(u, rate, durationMs, (i, r) => post(i, deviceKeys[i], r), 'device')
   result.publish = await paced(u, rate, durationMs, publish, 'publish')
+  // The reference: no ts (the server stamps it, and a server-stamped reading skips the duplicate check), no rules yet.
+  result.reference = await paced(u, rate, durationMs, (i, r) => publish(i, { bpm: r.bpm }), 'reference')
   for (const userId of users) {
     const r = await request('PUT', `/heart/${userId}/alert-rules`, { authorization: `Bearer ${tokenOf(userId)}` }, '{"high":200,"low":30,"sustainS":10,"offline":true}')
     if (r.status !== 200) throw new Error(`ingest: PUT alert-rules answered ${r.status}`)
@@ -645,6 +649,8 @@ async function ingest () {
   result.publishWithRules = await paced(u, rate, durationMs, publish, 'publishWithRules')
   result.rulesCostPercent = 100 * (result.publishWithRules.serverCpuPerReadingUs + result.publishWithRules.redisCpuPerReadingUs) /
     (result.publish.serverCpuPerReadingUs + result.publish.redisCpuPerReadingUs) - 100
+  const cost = (v) => v.serverCpuPerReadingUs + v.redisCpuPerReadingUs
+  result.checkAndRulesCostPercent = 100 * cost(result.publishWithRules) / cost(result.reference) - 100
   result.failedTotal = result.service.failed + result.device.failed + result.publish.failed + result.publishWithRules.failed
   await closeAll(sockets)
   agent.destroy()

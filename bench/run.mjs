@@ -361,7 +361,7 @@ const scenarioSetup = {
     instances: 1,
     oursOnly: true,
     config: { users: 200, rate: Math.min(opts.rate * 2, 1000), durationMs },
-    timeoutMs: 4 * durationMs + 180000
+    timeoutMs: 5 * durationMs + 180000
   },
   push: {
     instances: 2,
@@ -445,8 +445,13 @@ const FIGURES = {
     ['publish, alert rules on: readings/s', 'publishWithRules.readingsPerSecond', 0],
     ['  server CPU per reading (µs)', 'publishWithRules.serverCpuPerReadingUs', 1],
     ['  Redis CPU per reading (µs)', 'publishWithRules.redisCpuPerReadingUs', 1],
+    ['publish, no ts, no rules (reference): readings/s', 'reference.readingsPerSecond', 0],
+    ['  server CPU per reading (µs)', 'reference.serverCpuPerReadingUs', 1],
+    ['  Redis CPU per reading (µs)', 'reference.redisCpuPerReadingUs', 1],
     ['alert rules: added cost (server+Redis, %)', 'rulesCostPercent', 1],
-    ['failed readings (all four)', 'failedTotal', 0, 'max']
+    ['duplicate check + alert rules: added cost (server+Redis, %)', 'checkAndRulesCostPercent', 1],
+    ['failed readings (all four)', 'failedTotal', 0, 'max'],
+    ['failed readings (reference)', 'reference.failed', 0, 'max']
   ],
   push: [
     ['deliveries/s', 'deliveriesPerSecond', 0],
@@ -491,7 +496,8 @@ function fmt (v, digits) {
 
 function table (summary) {
   const lines = []
-  const w = [40, 14, 14, 8]
+  // The label column is as wide as the longest label.
+  const w = [Math.max(40, ...Object.values(summary).flatMap((info) => info.rows.map((r) => r.label.length + 3))), 14, 14, 8]
   const pad = (s, n, left = false) => (left ? s.padEnd(n) : s.padStart(n))
   lines.push(pad('figure', w[0], true) + pad('ours', w[1]) + pad('baseline', w[2]) + pad('ratio', w[3] + 2))
   for (const [scenario, info] of Object.entries(summary)) {
@@ -782,7 +788,7 @@ async function main () {
 
 function brief (scenario, r) {
   if (scenario === 'connect') return `${r.opened}/${r.connections} open in ${r.openSeconds.toFixed(2)} s, ${r.failures} failed, ${r.rssPerConnectionKiB.toFixed(2)} KiB/socket`
-  if (scenario === 'ingest') return ['service', 'device', 'publish', 'publishWithRules'].map((k) => `${k} ${Math.round(r[k].readingsPerSecond)}/s ${r[k].serverCpuPerReadingUs.toFixed(1)} µs`).join(', ')
+  if (scenario === 'ingest') return ['service', 'device', 'publish', 'reference', 'publishWithRules'].map((k) => `${k} ${Math.round(r[k].readingsPerSecond)}/s ${r[k].serverCpuPerReadingUs.toFixed(1)} µs`).join(', ')
   if (scenario === 'query') return `${Math.round(r.roundTripsPerSecond)} rt/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, ${r.serverCpuPerRoundTripUs.toFixed(2)} µs CPU/rt`
   return `${Math.round(r.deliveriesPerSecond)} deliveries/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, lost ${r.lost}, dup ${r.duplicates}, ${r.serverCpuPerDeliveryUs.toFixed(2)} µs CPU/delivery`
 }
