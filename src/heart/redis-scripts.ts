@@ -28,7 +28,8 @@ class LuaScript {
  * script back), and the shebang makes Redis refuse the whole script up front when it is out of memory.
  * Steps: (1) check key types, (2) per reading: a resend (its own ts is already in history) adds
  * nothing and answers the stored id; otherwise append it, remember its ts, and move the current
- * value when it is not older, (3) trim history and forget the trimmed readings' ts, (4) publish
+ * value when it is not older (the ts hash is read and written once per call, not per reading),
+ * (3) trim history and forget the trimmed readings' ts, (4) publish
  * the new readings as the JSON array the feed reads (redis-feed.ts). Nothing new: nothing published.
  *
  * KEYS[1] current  the legacy key: the current bpm as a decimal string
@@ -63,17 +64,44 @@ local newest = -1
 local m = redis.call('GET', meta)
 if m then newest = tonumber(string.match(m, '^(%d+)')) or -1 end
 
-local ids, msgs, duplicates, newTs, newBpm = {}, {}, 0, nil, nil
-local fresh = {}
+-- Redis commands over a list of arguments, in slices (Lua's unpack stops at about 8000 values); answers joined.
+local function sliced (cmd, key, list)
+  local out = {}
+  for i = 1, #list, 1000 do
+    local part = redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+    if type(part) == 'table' then
+      for j = 1, #part do out[i + j - 1] = part[j] end
+    end
+  end
+  return out
+end
+
+-- The duplicate check reads the ts of the whole request at once; a ts repeated within it is a
+-- resend of its first reading.
+local known, own = {}, {}
 for i = 6, #ARGV, 3 do
-  local bpm, ts, own = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
-  local stored = own and redis.call('HGET', idsByTs, ts)
+  if ARGV[i + 2] == '1' then own[#own + 1] = ARGV[i + 1] end
+end
+local storedIds = sliced('HMGET', idsByTs, own)
+for j = 1, #own do
+  if storedIds[j] then known[own[j]] = storedIds[j] end
+end
+
+local ids, msgs, duplicates, newTs, newBpm = {}, {}, 0, nil, nil
+local fresh, remember = {}, {}
+for i = 6, #ARGV, 3 do
+  local bpm, ts, isOwn = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+  local stored = isOwn and known[ts]
   if stored then
     ids[#ids + 1] = stored
     duplicates = duplicates + 1
   else
     local id = redis.call('XADD', history, '*', 'bpm', bpm, 'ts', ts)
-    if own then redis.call('HSET', idsByTs, ts, id) end
+    if isOwn then
+      known[ts] = id
+      remember[#remember + 1] = ts
+      remember[#remember + 1] = id
+    end
     ids[#ids + 1] = id
     fresh[#fresh + 1] = { bpm, ts }
     msgs[#msgs + 1] = '{"id":"' .. id .. '","bpm":' .. bpm .. ',"ts":' .. ts .. '}'
@@ -83,6 +111,7 @@ for i = 6, #ARGV, 3 do
   end
 end
 if #msgs == 0 then return { ids, duplicates, {} } end
+if #remember > 0 then redis.call('HSET', idsByTs, unpack(remember)) end
 
 if newBpm then
   redis.call('SET', current, newBpm)
@@ -92,14 +121,22 @@ end
 local len = redis.call('XLEN', history)
 local excess = math.min(len - historyMax, #msgs + TRIM_STEP)
 if excess > 0 then
+  -- Forget the trimmed readings' ts, where the hash still names that very reading.
+  local tsOf, idOf = {}, {}
   for _, entry in ipairs(redis.call('XRANGE', history, '-', '+', 'COUNT', excess)) do
     local fields = entry[2]
     for f = 1, #fields, 2 do
-      if fields[f] == 'ts' and redis.call('HGET', idsByTs, fields[f + 1]) == entry[1] then
-        redis.call('HDEL', idsByTs, fields[f + 1])
+      if fields[f] == 'ts' then
+        tsOf[#tsOf + 1] = fields[f + 1]
+        idOf[#idOf + 1] = entry[1]
       end
     end
   end
+  local named, forget = sliced('HMGET', idsByTs, tsOf), {}
+  for j = 1, #tsOf do
+    if named[j] == idOf[j] then forget[#forget + 1] = tsOf[j] end
+  end
+  sliced('HDEL', idsByTs, forget)
   redis.call('XTRIM', history, 'MAXLEN', len - excess)
 end
 
@@ -107,11 +144,11 @@ redis.call(ARGV[2], ARGV[3], '[' .. table.concat(msgs, ',') .. ']')
 
 local ep = Episodes.new({ rules = KEYS[5], state = KEYS[6], log = KEYS[7], alerts = KEYS[8] }, ARGV[4], ARGV[2], ARGV[3], ARGV[5])
 local watchOffline = false
-if ep:active() then
-  local rules = ep:rules()
-  for _, r in ipairs(fresh) do ep:reading(rules, r[1], r[2]) end
+if ep:load() then
+  for _, r in ipairs(fresh) do ep:reading(r[1], r[2]) end
+  ep:save()
   -- With the offline rule on, the caller puts the user on the offline sweep (a key of no one slot).
-  if rules.offline then watchOffline = string.format('%d', newest) end
+  if ep.rules.offline then watchOffline = string.format('%d', newest) end
 end
 return { ids, duplicates, ep.out, watchOffline }
 `
@@ -126,15 +163,15 @@ export const INGEST = new LuaScript(INGEST_LUA)
 export const OPEN_OFFLINE = new LuaScript(`#!lua
 ${EPISODES_LUA}
 local ep = Episodes.new({ rules = KEYS[2], state = KEYS[3], log = KEYS[4], alerts = KEYS[5] }, ARGV[3], ARGV[5], ARGV[6], ARGV[4])
-if redis.call('HGET', KEYS[2], 'offline') ~= '1' then return false end
-if redis.call('HEXISTS', KEYS[3], 'open:offline') == 1 then return false end
+if not ep:load() or not ep.rules.offline or ep.state['open:offline'] then return false end
 local m = redis.call('GET', KEYS[1])
 if not m then return false end
 local ts, bpm = string.match(m, '^(%d+):(.*)$')
 if ts ~= ARGV[1] then return false end
-local last = redis.call('HGET', KEYS[3], 'lastTs')
+local last = ep.state.lastTs
 if last and tonumber(last) > tonumber(ts) then return false end
 ep:open('offline', bpm, ts, ARGV[2])
+ep:save()
 return ep.out[1]
 `)
 
