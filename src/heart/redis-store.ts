@@ -83,6 +83,14 @@ const ANSWER_MS = 1000
 const PROBE_MS = 250
 /** The WAIT timeout: two in a row (see ReplicaConfirm) still fit in ANSWER_MS. */
 const CONFIRM_MS = 400
+/**
+ * How long an ingest's user waits to go on the offline sweep: one ZADD then carries every user
+ * ingested meanwhile, instead of a round trip per ingest. Far below OFFLINE_AFTER_MS (1 s at least),
+ * and this instance's own sweep sends the waiting ones first.
+ */
+const OFFLINE_DUE_FLUSH_MS = 100
+/** Users per ZADD of a flush. */
+const OFFLINE_DUE_CHUNK = 1000
 
 /**
  * Ingest with REDIS_WAIT_REPLICAS: the writes go over a connection of their own, because WAIT
@@ -148,6 +156,9 @@ export class RedisStore implements HeartStore {
   }
 
   private alertOpened: (alert: Alert) => void = () => {}
+  /** Users ingested with the offline rule on since the last flush, with their newest ts. */
+  private readonly due = new Map<string, number>()
+  private dueFlush: NodeJS.Timeout | null = null
   /** Users with the offline rule on, scored by their newest reading's ts (README, "Redis layout"). */
   private get offlineDueKey (): string {
     return `${this.prefix}alert-offline-due`
@@ -259,13 +270,33 @@ export class RedisStore implements HeartStore {
     }) as [string[], number, string[], string | null]
     const alerts = parseAlerts(transitions)
     for (const a of alerts) if (a.state === 'open') this.alertOpened(a)
-    if (typeof newest === 'string') {
+    if (typeof newest === 'string') this.dueAt(userId, Number(newest))
+    return { ids, duplicates, alerts }
+  }
+
+  private dueAt (userId: string, newest: number): void {
+    const seen = this.due.get(userId)
+    if (seen === undefined || newest > seen) this.due.set(userId, newest)
+    if (this.dueFlush === null) {
+      this.dueFlush = setTimeout(() => { void this.flushDue() }, OFFLINE_DUE_FLUSH_MS)
+      this.dueFlush.unref()
+    }
+  }
+
+  /** Puts the users ingested since the last flush on the offline sweep. */
+  private async flushDue (): Promise<void> {
+    if (this.dueFlush !== null) clearTimeout(this.dueFlush)
+    this.dueFlush = null
+    if (this.due.size === 0) return
+    const entries = [...this.due]
+    this.due.clear()
+    for (let i = 0; i < entries.length; i += OFFLINE_DUE_CHUNK) {
+      const args = entries.slice(i, i + OFFLINE_DUE_CHUNK).flatMap(([userId, ts]) => [ts, userId])
       // Only ever forward (GT): a late upload does not make an online user look due.
-      await this.guarded(() => this.redis.zadd(this.offlineDueKey, 'GT', newest, userId)).catch((err: unknown) => {
-        this.log.warn({ err, userId }, 'could not put the user on the offline sweep')
+      await this.guarded(() => this.redis.zadd(this.offlineDueKey, 'GT', ...args)).catch((err: unknown) => {
+        this.log.warn({ err, users: args.length / 2 }, 'could not put users on the offline sweep')
       })
     }
-    return { ids, duplicates, alerts }
   }
 
   /**
@@ -274,6 +305,7 @@ export class RedisStore implements HeartStore {
    * opens it sends its messages.
    */
   async sweepOffline (offlineAfterMs: number): Promise<void> {
+    await this.flushDue()
     const due = await this.guarded(() => this.redis.zrangebyscore(this.offlineDueKey, '-inf', Date.now() - offlineAfterMs, 'WITHSCORES', 'LIMIT', 0, 100))
     for (let i = 0; i < due.length; i += 2) {
       const [userId, score] = [due[i], due[i + 1]]
@@ -425,6 +457,7 @@ export class RedisStore implements HeartStore {
   }
 
   async close (): Promise<void> {
+    await this.flushDue()
     this.closed = true
     this.confirm?.conn.disconnect()
     await this.feed.close()
