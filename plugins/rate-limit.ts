@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
-import type { FastifyReply, FastifyRequest, onRequestAsyncHookHandler, onSendHookHandler } from 'fastify'
+import type { FastifyRequest, onRequestHookHandler, onSendHookHandler } from 'fastify'
 import { errorBody, sendError } from '../src/http-errors.js'
 
 const MINUTE_MS = 60_000
@@ -17,8 +17,39 @@ export function addressKey (request: FastifyRequest): string {
 
 /** Route hooks that count refused requests only; spread them into the route's options. */
 export interface RefusalLimit {
-  onRequest: onRequestAsyncHookHandler
+  onRequest: onRequestHookHandler
   onSend: onSendHookHandler
+}
+
+/**
+ * Refusals per client address in fixed one-minute windows, in this instance's memory. Checked
+ * synchronously on every upgrade: the common case (an address with no refusals) is one Map
+ * lookup, not a store round trip. A window's counts are dropped whole when the next one starts,
+ * so memory is bounded by the addresses refused within one minute.
+ */
+export class RefusalCounter {
+  #counts = new Map<string, number>()
+  #windowEnds = 0
+
+  constructor (readonly max: number, readonly windowMs = MINUTE_MS, private readonly now: () => number = Date.now) {}
+
+  /** Seconds until the address may try again, or 0 when it may now. */
+  retryAfter (key: string): number {
+    this.#roll()
+    return (this.#counts.get(key) ?? 0) >= this.max ? Math.max(1, Math.ceil((this.#windowEnds - this.now()) / 1000)) : 0
+  }
+
+  count (key: string): void {
+    this.#roll()
+    this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1)
+  }
+
+  #roll (): void {
+    const now = this.now()
+    if (now < this.#windowEnds) return
+    this.#counts.clear()
+    this.#windowEnds = now + this.windowMs
+  }
 }
 
 declare module 'fastify' {
@@ -34,8 +65,8 @@ declare module 'fastify' {
 
 /**
  * Per-client rate limits, counted per instance in memory and keyed by `addressKey`. Routes opt in:
- * `config.rateLimit` counts every request (logins), `fastify.refusalLimit` only the refused ones
- * (WebSocket upgrades).
+ * `config.rateLimit` counts every request (logins, through @fastify/rate-limit), `fastify.refusalLimit`
+ * only the refused ones (WebSocket upgrades, through a `RefusalCounter`).
  */
 export default fp(async function rateLimit (fastify) {
   await fastify.register(fastifyRateLimit, {
@@ -47,22 +78,20 @@ export default fp(async function rateLimit (fastify) {
 
   fastify.decorate('refusalLimit', function refusalLimit (max: number, statuses: readonly number[]): RefusalLimit {
     const counts = new Set(statuses)
-    // Its own counter (a child store of the plugin's), read before the request and raised after a refusal.
-    const limiter = fastify.createRateLimit({ max, timeWindow: MINUTE_MS })
+    const refusals = new RefusalCounter(max)
     // Our own 429 must not count: it would only say again what the count already says.
     const refusedHere = new WeakSet<FastifyRequest>()
     return {
-      async onRequest (request: FastifyRequest, reply: FastifyReply) {
-        const state = await limiter(request, { increment: false })
-        if (state.isAllowed || state.remaining > 0) return
+      onRequest (request, reply, done) {
+        const retry = refusals.retryAfter(addressKey(request))
+        if (retry === 0) return done()
         refusedHere.add(request)
-        const retry = Math.max(1, state.ttlInSeconds)
-        return sendError(reply.header('retry-after', retry), 429, `rate limit exceeded: at most ${max} refused attempts per minute, retry in ${retry} s`)
+        sendError(reply.header('retry-after', retry), 429, `rate limit exceeded: at most ${max} refused attempts per minute, retry in ${retry} s`)
       },
       onSend (request, reply, payload, done) {
-        if (!counts.has(reply.statusCode) || refusedHere.has(request)) return done(null, payload)
         // Counted before the answer leaves, so a client retrying at once already sees it.
-        limiter(request).then(() => done(null, payload), done)
+        if (counts.has(reply.statusCode) && !refusedHere.has(request)) refusals.count(addressKey(request))
+        done(null, payload)
       }
     }
   })

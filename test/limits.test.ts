@@ -4,6 +4,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { createSigner } from 'fast-jwt'
 import { WebSocket } from 'ws'
+import { RefusalCounter } from '../plugins/rate-limit.js'
 import { Frames, TEST_SECRET, bearer, build, buildWithRedis, eventually, sleep, token, uniquePrefix } from './helper.js'
 
 /*
@@ -304,6 +305,23 @@ t.test('UPGRADE_RATE_LIMIT counts refused upgrades only', async (t) => {
     t.equal((await get('10.0.0.6', bearer('u1'))).status, 426, 'another IPv4 address is another client')
     for (let i = 0; i < 10; i++) t.equal((await app.inject({ url: '/health', remoteAddress: '10.0.0.5' })).statusCode, 200, `/health ${i + 1} is not limited`)
   })
+})
+
+t.test('RefusalCounter: counts per key in fixed windows, says when to retry, and forgets a window when the next starts', async (t) => {
+  let now = 1_000_000
+  const counter = new RefusalCounter(2, 60_000, () => now)
+  t.equal(counter.retryAfter('a'), 0, 'no refusals yet')
+  counter.count('a')
+  t.equal(counter.retryAfter('a'), 0, 'one of two')
+  counter.count('a')
+  t.equal(counter.retryAfter('a'), 60, 'at the limit: the rest of the window')
+  t.equal(counter.retryAfter('b'), 0, 'another key has its own count')
+  now += 59_500
+  t.equal(counter.retryAfter('a'), 1, 'half a second left rounds up to 1 s')
+  now += 500
+  t.equal(counter.retryAfter('a'), 0, 'a new window starts from nothing')
+  counter.count('a')
+  t.equal(counter.retryAfter('a'), 0, 'one refusal in the new window')
 })
 
 t.test('a plain GET /heart/current (no upgrade) with a valid token gets 426 and takes no socket place', async (t) => {

@@ -40,8 +40,12 @@ export class Subscription {
   revokedEarly = false
   /** The presence the watcher was last told (by `subscribed` or a status frame); null before `subscribed`. */
   told: Presence | null = null
-  /** Alert transitions (`<alertId>:<state>`) already told, by `subscribed` or a frame: each is sent once. */
-  private readonly toldAlerts = new Set<string>()
+  /**
+   * Alert transitions (`<alertId>:<state>`) already told, by `subscribed` or a frame: each is sent
+   * once. Made on the first alert: most subscriptions never see one, and an empty Set per
+   * subscription was the largest thing a socket with ten of them kept.
+   */
+  private toldAlerts: Set<string> | null = null
 
   constructor (readonly watcher: Watcher, readonly userId: string) {}
 
@@ -85,6 +89,7 @@ export class Subscription {
       this.held.push({ alert: key, frame })
       return
     }
+    this.toldAlerts ??= new Set()
     if (this.toldAlerts.has(key)) return
     this.toldAlerts.add(key)
     this.watcher.notify(this.userId, frame)
@@ -96,7 +101,7 @@ export class Subscription {
    */
   tell (state: Presence, openAlerts: Alert[]): void {
     this.told = state
-    for (const a of openAlerts) this.toldAlerts.add(`${a.alertId}:open`)
+    for (const a of openAlerts) (this.toldAlerts ??= new Set()).add(`${a.alertId}:open`)
     if (this.held !== null) this.held = this.held.filter((h) => !('status' in h))
   }
 
