@@ -18,17 +18,21 @@
  *            ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
  *            And the reference the check and the rules are measured against: `publish` of
  *            readings without ts (server-stamped, so no duplicate check) and no rules.
+ * - memory:  N sockets on one instance (one user each), then each subscribed to its own user, then
+ *            to K-1 more users that shared with it (grants written into Redis up front, in the
+ *            documented layout); RSS per socket idle, with 1 and with K subscriptions; then,
+ *            when asked, a heap snapshot of the server (its largest retainers, per socket).
  * - sweep:   the push set-up opened once, then push's measurement at each rate of a list, on the
  *            same sockets; one result per step (`npm run bench -- --sweep`).
  */
 import http from 'node:http'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { createSigner } from 'fast-jwt'
-import { legacyKey } from '../dist/src/heart/redis-keys.js'
+import { legacyKey, userKeys } from '../dist/src/heart/redis-keys.js'
 import { windowProfilers } from './inspector.mjs'
 
 const cfg = JSON.parse(process.argv[2])
@@ -215,6 +219,129 @@ async function connect () {
     rssPerConnectionKiB: (rssAfter - rssBefore) / Math.max(1, sockets.length),
     serverCpuPerOpenUs: cpu.serverCpuUs / Math.max(1, sockets.length),
     cpu
+  }
+}
+
+// ---------------------------------------------------------------- memory
+
+/** Polls `cond` every 50 ms until it holds or `ms` passed; whether it held. */
+async function until (cond, ms) {
+  const deadline = performance.now() + ms
+  while (!cond()) {
+    if (performance.now() > deadline) return false
+    await sleep(50)
+  }
+  return true
+}
+
+/**
+ * Sockets that each subscribe to K users: their own, and the K-1 next ones (mod N), who shared
+ * with them. The snapshot (cfg.snapshotDir) is asked for with SIGUSR2, which the bench set up as
+ * the server's --heapsnapshot-signal; it is complete once the server answers again (V8 writes it
+ * on the main thread) and its size stops changing.
+ */
+async function memory () {
+  const { connections: n, subscriptions: k, concurrency } = cfg
+  const base = cfg.urls[0]
+  const pid = cfg.pids[0]
+  const users = Array.from({ length: n }, (_, i) => `m${i}`)
+  const watched = (i) => Array.from({ length: k - 1 }, (_, j) => users[(i + 1 + j) % n])
+  // The grants, as sharing writes them: the owner's viewers set and the viewer's watching set.
+  const redis = new Redis(cfg.redisUrl)
+  for (let i0 = 0; i0 < n; i0 += 1000) {
+    const p = redis.pipeline()
+    for (let i = i0; i < Math.min(n, i0 + 1000); i++) {
+      const others = watched(i)
+      if (others.length === 0) continue
+      p.sadd(userKeys(cfg.prefix, users[i]).watching, ...others)
+      for (const o of others) p.sadd(userKeys(cfg.prefix, o).viewers, users[i])
+    }
+    await p.exec()
+  }
+  redis.disconnect()
+
+  // Warm-up, as in connect: the subscribe path compiled before the RSS baseline.
+  const warm = []
+  await pool(100, 50, async (i) => {
+    const ws = await openSocket(base, `w${i}`)
+    warm.push(ws)
+    await new Promise((resolve) => { ws.once('message', resolve); ws.send(JSON.stringify({ type: 'subscribe', userId: `w${i}` })) })
+  }, performance.now() + 30000)
+  await closeAll(warm)
+  await sleep(1000)
+  const rss = { beforeKiB: procRssKiB(pid) }
+
+  let subscribed = 0
+  const failures = {}
+  const sockets = []
+  /** Answers (subscribed or error) each socket got so far. */
+  const answers = new Uint32Array(n)
+  const opened = await pool(n, concurrency, async (i) => {
+    const ws = await openSocket(base, users[i])
+    ws.on('message', (data) => {
+      const f = JSON.parse(data)
+      if (f.type === 'subscribed') subscribed++
+      else if (f.type === 'error') failures[f.code] = (failures[f.code] ?? 0) + 1
+      else return
+      answers[i]++
+    })
+    sockets[i] = ws
+  }, performance.now() + cfg.openDeadlineMs)
+  if (countOf(opened) > 0) throw new Error(`memory: ${countOf(opened)} of ${n} sockets failed to open: ${JSON.stringify(opened)}`)
+  await sleep(cfg.settleMs)
+  rss.idleKiB = procRssKiB(pid)
+
+  // One step: each socket sends its subscribes and waits for their answers, `concurrency` sockets at a time.
+  const step = async (usersOf, ms) => {
+    const stepFailures = await pool(n, concurrency, async (i) => {
+      const list = usersOf(i)
+      const want = answers[i] + list.length
+      for (const userId of list) sockets[i].send(JSON.stringify({ type: 'subscribe', userId }))
+      if (!await until(() => answers[i] >= want, 30000)) throw new Error('no answer to a subscribe within 30 s')
+    }, performance.now() + ms)
+    return countOf(stepFailures)
+  }
+  const unanswered1 = await step((i) => [users[i]], 120000)
+  await sleep(cfg.settleMs)
+  rss.oneKiB = procRssKiB(pid)
+  const unansweredK = await step(watched, 300000)
+  await sleep(cfg.settleMs)
+  rss.manyKiB = procRssKiB(pid)
+
+  let snapshot = null
+  if (cfg.snapshotDir !== undefined) {
+    const before = new Set(readdirSync(cfg.snapshotDir))
+    const t0 = performance.now()
+    process.kill(pid, 'SIGUSR2')
+    const fresh = () => readdirSync(cfg.snapshotDir).find((f) => f.endsWith('.heapsnapshot') && !before.has(f))
+    if (!await until(() => fresh() !== undefined, 60000)) throw new Error('memory: no heap snapshot appeared within 60 s of SIGUSR2')
+    const file = `${cfg.snapshotDir}/${fresh()}`
+    // Written on the main thread: once /health answers and the size holds, it is complete.
+    let size = -1
+    for (;;) {
+      await fetch(`${base}/health`)
+      const now = statSync(file).size
+      if (now === size) break
+      size = now
+      await sleep(500)
+    }
+    // Taken after the RSS figures: writing it grows the process (V8 builds the graph in native memory).
+    snapshot = { file, bytes: size, seconds: (performance.now() - t0) / 1000 }
+  }
+  const open = sockets.filter((ws) => ws.readyState === WebSocket.OPEN).length
+  await closeAll(sockets)
+  const per = (kib) => (kib - rss.beforeKiB) / n
+  return {
+    connections: n,
+    subscriptions: k,
+    opened: open,
+    subscribed,
+    subscribeWanted: n * k,
+    subscribeFailures: n * k - subscribed,
+    failureReasons: { ...failures, ...(unanswered1 + unansweredK > 0 ? { 'sockets with a subscribe unanswered': unanswered1 + unansweredK } : {}) },
+    rssKiB: rss,
+    rssPerSocketKiB: { idle: per(rss.idleKiB), one: per(rss.oneKiB), many: per(rss.manyKiB) },
+    snapshot
   }
 }
 
@@ -659,7 +786,7 @@ async function ingest () {
 
 // ---------------------------------------------------------------- main
 
-const scenarios = { connect, query, push, ingest, sweep }
+const scenarios = { connect, query, push, ingest, memory, sweep }
 try {
   const result = await scenarios[cfg.scenario]()
   if (cfg.inspect !== undefined) result.profiles = windowProfiles

@@ -9,7 +9,8 @@
  * Prints a table (ours, baseline, ours/baseline) and writes bench/results/<date>.json.
  *
  * Options (flag or env):
- *   --scenarios=connect,query,push,ingest   BENCH_SCENARIOS (ingest: ours only)
+ *   --scenarios=connect,query,push,ingest   BENCH_SCENARIOS (ingest: ours only); `memory` is not in
+ *                                    the default list (about 5 minutes of its own): --scenarios=memory
  *   --rounds=2                       BENCH_ROUNDS      runs per scenario and target; figures are medians
  *   --duration=10                    BENCH_DURATION    seconds of load in query and push
  *   --connections=5000               BENCH_CONNECTIONS connect: idle sockets (up to ~19 000: 20 000 open files per process)
@@ -24,6 +25,11 @@
  *                                                      bench/inspector.mjs; not counted in the table),
  *                                                      summarised with bench/top-functions.mjs
  *   --profile-baseline               BENCH_PROFILE_BASELINE=1  the same for the baseline, to compare with
+ *   --memory-connections=19000       BENCH_MEMORY_CONNECTIONS  memory: sockets on one instance
+ *   --memory-subscriptions=10        BENCH_MEMORY_SUBSCRIPTIONS memory: subscriptions per socket at the last step
+ *                                                      (own user + the next ones, who shared with it); the first
+ *                                                      round of each target ends with a heap snapshot
+ *                                                      (bench/results/heap/, summed by class by bench/heap-classes.mjs)
  *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
  *
  * The push sweep (bench/sweep.mjs has the knee and the chart):
@@ -38,7 +44,7 @@
  *   --sweep-rates=250,500,1000,2000,4000  BENCH_SWEEP_RATES  readings/s of the steps (--duration s each)
  */
 import { spawn, fork, execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -49,11 +55,13 @@ import { Redis } from 'ioredis'
 import { topFunctions, formatTop } from './top-functions.mjs'
 import { knees, sweepSvg, sweepTable, THRESHOLD_MS, MIN_ACHIEVED } from './sweep.mjs'
 import { inspectorUrlOf } from './inspector.mjs'
+import { summariseHeap, formatClasses } from './heap-classes.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
 const resultsDir = path.join(here, 'results')
 const profileDir = path.join(resultsDir, 'profiles')
+const heapDir = path.join(resultsDir, 'heap')
 
 // ---------------------------------------------------------------- options
 
@@ -63,6 +71,8 @@ const { values: flags } = parseArgs({
     rounds: { type: 'string' },
     duration: { type: 'string' },
     connections: { type: 'string' },
+    'memory-connections': { type: 'string' },
+    'memory-subscriptions': { type: 'string' },
     'query-connections': { type: 'string' },
     'in-flight': { type: 'string' },
     users: { type: 'string' },
@@ -99,11 +109,13 @@ function listOption (flag, envName, dflt, allowed) {
 const sweepWanted = flags.sweep ?? env.BENCH_SWEEP === '1'
 const opts = {
   // --sweep alone: only the sweep.
-  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', sweepWanted ? '' : 'connect,query,push,ingest', ['connect', 'query', 'push', 'ingest']),
+  scenarios: listOption('scenarios', 'BENCH_SCENARIOS', sweepWanted ? '' : 'connect,query,push,ingest', ['connect', 'query', 'push', 'ingest', 'memory']),
   targets: listOption('targets', 'BENCH_TARGETS', 'ours,baseline', ['ours', 'baseline']),
   rounds: intOption('rounds', 'BENCH_ROUNDS', 2, 1, 20),
   durationSeconds: intOption('duration', 'BENCH_DURATION', 10, 1, 120),
   connections: intOption('connections', 'BENCH_CONNECTIONS', 5000, 1, 19500),
+  memoryConnections: intOption('memory-connections', 'BENCH_MEMORY_CONNECTIONS', 19000, 10, 19500),
+  memorySubscriptions: intOption('memory-subscriptions', 'BENCH_MEMORY_SUBSCRIPTIONS', 10, 1, 20),
   queryConnections: intOption('query-connections', 'BENCH_QUERY_CONNECTIONS', 200, 1, 10000),
   inFlight: intOption('in-flight', 'BENCH_IN_FLIGHT', 4, 1, 1000),
   users: intOption('users', 'BENCH_USERS', 100, 1, 10000),
@@ -244,10 +256,14 @@ async function waitHealthy (port, proc, out) {
 }
 
 /** Starts `instances` servers of a target; ours is the compiled service with the bench's limits. */
-async function startServers (target, instances, redisUrl, { profile = false } = {}) {
+async function startServers (target, instances, redisUrl, { profile = false, snapshotDir } = {}) {
   const servers = []
   // Profiled: the inspector on a port of its own; the load generator runs the profiler over the measured window only.
-  const nodeArgs = profile ? ['--inspect=127.0.0.1:0'] : []
+  // A heap snapshot: written by the server itself on SIGUSR2 (Node's own --heapsnapshot-signal), nothing loaded until then.
+  const nodeArgs = [
+    ...(profile ? ['--inspect=127.0.0.1:0'] : []),
+    ...(snapshotDir !== undefined ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`] : [])
+  ]
   for (let i = 0; i < instances; i++) {
     const port = await freePort()
     const common = { PORT: String(port), HOST: '127.0.0.1', REDIS_URL: redisUrl, JWT_SECRET: SECRET, INGEST_API_KEYS: API_KEY, HEART_KEY_PREFIX: PREFIX }
@@ -363,6 +379,11 @@ const scenarioSetup = {
     config: { users: 200, rate: Math.min(opts.rate * 2, 1000), durationMs },
     timeoutMs: 5 * durationMs + 180000
   },
+  memory: {
+    instances: 1,
+    config: { connections: opts.memoryConnections, subscriptions: opts.memorySubscriptions, concurrency: 200, openDeadlineMs: 240000, settleMs: 3000 },
+    timeoutMs: 900000
+  },
   push: {
     instances: 2,
     config: { users: opts.users, subscribers: opts.subscribers, rate: opts.rate, concurrency: 200, durationMs, drainMs: 60000, quietMs: 3000 },
@@ -370,11 +391,13 @@ const scenarioSetup = {
   }
 }
 
-async function runOne (scenario, target, redis, { profile = false } = {}) {
+async function runOne (scenario, target, redis, { profile = false, snapshot = false } = {}) {
   const setup = scenarioSetup[scenario]
   await redis.client.flushall()
   const spawnedAt = Date.now()
-  const servers = await startServers(target, setup.instances, redis.url, { profile })
+  const snapshotDir = snapshot ? heapDir : undefined
+  if (snapshotDir !== undefined) mkdirSync(snapshotDir, { recursive: true })
+  const servers = await startServers(target, setup.instances, redis.url, { profile, snapshotDir })
   const t0 = Date.now()
   try {
     const result = await runLoad({
@@ -382,7 +405,8 @@ async function runOne (scenario, target, redis, { profile = false } = {}) {
       scenario,
       ...generatorContext(servers, redis),
       target,
-      ...(profile ? { inspect: servers.map((s) => s.inspector), profileDir } : {})
+      ...(profile ? { inspect: servers.map((s) => s.inspector), profileDir } : {}),
+      ...(snapshotDir !== undefined ? { snapshotDir } : {})
     }, setup.timeoutMs)
     for (const s of servers) {
       if (s.proc.exitCode !== null || s.proc.signalCode !== null) throw new Error(`a ${target} server died during ${scenario}:\n${s.out.join('\n')}`)
@@ -431,6 +455,17 @@ const FIGURES = {
     ['other processes on core 1 (%)', 'cpu.othersOnLoadCorePercent', 0],
     ['wrong replies', 'wrongReplies', 0, 'max'],
     ['unanswered at end', 'unanswered', 0, 'max']
+  ],
+  memory: [
+    ['sockets open at the end', 'opened', 0, 'min'],
+    ['subscriptions made', 'subscribed', 0, 'min'],
+    ['subscribe failures', 'subscribeFailures', 0, 'max'],
+    ['server RSS before (MiB)', 'rssKiB.beforeKiB', 1, 'median', 1 / 1024],
+    ['RSS per socket, idle (KiB)', 'rssPerSocketKiB.idle', 2],
+    ['RSS per socket, 1 subscription (KiB)', 'rssPerSocketKiB.one', 2],
+    ['RSS per socket, all subscriptions (KiB)', 'rssPerSocketKiB.many', 2],
+    ['whole live heap / sockets (B, snapshot, round 1)', 'heap.perSocketLiveBytes', 0],
+    ['server RSS at the end (MiB)', 'rssKiB.manyKiB', 1, 'median', 1 / 1024]
   ],
   ingest: [
     ['HTTP, service key: readings/s', 'service.readingsPerSecond', 0],
@@ -512,6 +547,7 @@ function table (summary) {
 }
 
 function describe (scenario) {
+  if (scenario === 'memory') return `${opts.memoryConnections} sockets on 1 instance, then 1 and ${opts.memorySubscriptions} subscriptions each (RSS less the RSS before, per socket)`
   if (scenario === 'connect') return `${opts.connections} idle authenticated sockets, 1 instance`
   if (scenario === 'ingest') return `200 users, ${Math.min(opts.rate * 2, 1000)} readings/s for ${opts.durationSeconds} s each way, 1 instance (ours only)`
   if (scenario === 'query') return `${opts.queryConnections} sockets × ${opts.inFlight} in flight, original text get, ${opts.durationSeconds} s after 2 s warm-up, 1 instance`
@@ -703,6 +739,24 @@ function reportSweep (sweep, mach) {
   process.stdout.write(`\nwritten: ${path.relative(root, base)}-sweep.json and -sweep.svg (sweep ${sweep.elapsedSeconds.toFixed(0)} s)\n`)
 }
 
+// ---------------------------------------------------------------- heap snapshots
+
+/**
+ * The snapshot a memory run took, summed by class per socket (then deleted: hundreds of MB; kept
+ * with BENCH_KEEP_SNAPSHOTS=1). The live heap per socket goes onto the result, for the table.
+ */
+function summariseSnapshot (result) {
+  const heap = summariseHeap(result.snapshot.file, { top: 20, perCount: result.connections })
+  result.heap = { perSocketLiveBytes: heap.totalSelfBytes }
+  heap.file = path.relative(root, result.snapshot.file)
+  if (env.BENCH_KEEP_SNAPSHOTS !== '1') rmSync(result.snapshot.file, { force: true })
+  return heap
+}
+
+function heapText (target, heap) {
+  return `heap of ${target} after the memory run's last step, shallow bytes per socket (${heap.nodes.toLocaleString('en-US')} objects in all; ${heap.file}):\n${formatClasses(heap)}`
+}
+
 // ---------------------------------------------------------------- main
 
 async function main () {
@@ -722,6 +776,7 @@ async function main () {
   const runs = {}
   const errors = {}
   const profiles = {}
+  const heaps = {}
   const wanted = [opts.profile && 'ours', opts.profileBaseline && 'baseline'].filter((t) => t && opts.targets.includes(t))
   let sweep = null
   try {
@@ -735,9 +790,16 @@ async function main () {
           process.stdout.write(`${scenario} round ${round + 1}/${opts.rounds}: ${target} … `)
           const t0 = Date.now()
           try {
-            const result = await runOne(scenario, target, redis)
+            const result = await runOne(scenario, target, redis, { snapshot: scenario === 'memory' && round === 0 })
             runs[scenario][target].push(result)
             process.stdout.write(`${brief(scenario, result)} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+            if (result.snapshot != null) {
+              try {
+                heaps[target] = summariseSnapshot(result)
+              } catch (err) {
+                process.stdout.write(`  heap snapshot not summarised (kept: ${path.relative(root, result.snapshot.file)}): ${err.message}\n`)
+              }
+            }
           } catch (err) {
             runs[scenario][target].push({ error: err.message })
             errors[scenario].push(`${target} round ${round + 1}: ${err.message.split('\n')[0]}`)
@@ -766,6 +828,7 @@ async function main () {
   process.stdout.write(`\nratio = ours / baseline; each figure is the median over ${opts.rounds} round(s) (counts of failures, lost, duplicated: the worst round).\n`)
   process.stdout.write(`code measured: ${mach.code}\n`)
   process.stdout.write(`machine: ${mach.cores} cores, ${mach.model}, ${mach.memoryGiB} GiB, Node ${mach.node}, Redis ${mach.redis}, Linux ${mach.kernel}; ${mach.pinning}\n`)
+  for (const [target, heap] of Object.entries(heaps)) process.stdout.write(`\n${heapText(target, heap)}\n`)
   for (const [target, profile] of Object.entries(profiles)) {
     process.stdout.write(`\nprofile of ${target}: ${profile.files.map((f) => path.relative(root, f)).join(', ')}\n${profile.text}\n`)
   }
@@ -780,6 +843,7 @@ async function main () {
     options: opts,
     summary,
     runs,
+    heaps,
     profiles: Object.fromEntries(Object.entries(profiles).map(([t, p]) => [t, { files: p.files.map((f) => path.relative(root, f)), top: p.top }]))
   }, null, 2) + '\n')
   process.stdout.write(`\nwritten: ${path.relative(root, file)} (whole run ${((Date.now() - started) / 1000).toFixed(0)} s)\n`)
@@ -787,6 +851,7 @@ async function main () {
 }
 
 function brief (scenario, r) {
+  if (scenario === 'memory') return `${r.opened}/${r.connections} open, ${r.subscribed}/${r.subscribeWanted} subscribed, KiB/socket idle ${r.rssPerSocketKiB.idle.toFixed(2)}, 1 sub ${r.rssPerSocketKiB.one.toFixed(2)}, ${r.subscriptions} subs ${r.rssPerSocketKiB.many.toFixed(2)}${r.snapshot === null ? '' : `; snapshot ${(r.snapshot.bytes / 2 ** 20).toFixed(0)} MB in ${r.snapshot.seconds.toFixed(1)} s`}`
   if (scenario === 'connect') return `${r.opened}/${r.connections} open in ${r.openSeconds.toFixed(2)} s, ${r.failures} failed, ${r.rssPerConnectionKiB.toFixed(2)} KiB/socket`
   if (scenario === 'ingest') return ['service', 'device', 'publish', 'reference', 'publishWithRules'].map((k) => `${k} ${Math.round(r[k].readingsPerSecond)}/s ${r[k].serverCpuPerReadingUs.toFixed(1)} µs`).join(', ')
   if (scenario === 'query') return `${Math.round(r.roundTripsPerSecond)} rt/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, ${r.serverCpuPerRoundTripUs.toFixed(2)} µs CPU/rt`

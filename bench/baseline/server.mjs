@@ -5,12 +5,13 @@
  * `npm run build` first), with the same keys and arguments: the duplicate check (ids-by-ts), the
  * alert episode state, the exact history trim — so Redis does the same work for both and the
  * ratios compare the servers. bench/load.mjs treats both alike. Not a product: no replay, no
- * sharing, no rate limits, no graceful drain — those are costs the service chooses to pay, and the
+ * sharing API (only the grant check a subscribe makes), no rate limits, no graceful drain — those are costs the service chooses to pay, and the
  * ratios show what they cost.
  *
  * - WebSocket `/heart/current`: HS256 JWT from `Authorization: Bearer` checked on upgrade (401 otherwise).
  *   A text frame that is a user id (self only) answers `GET <prefix><userId>` or `0`;
- *   `{"type":"subscribe","userId":…}` (self only) pushes `{"type":"reading",…}` frames, one Redis
+ *   `{"type":"subscribe","userId":…}` (self, or a user whose `viewers` set holds the caller: one
+ *   SISMEMBER, as ours checks a grant) pushes `{"type":"reading",…}` frames, one Redis
  *   subscription per watched user on this instance, reference-counted (alert messages on the
  *   channel are ignored: the floor has no alert frames).
  * - `POST /heart/:userId/readings` with `x-api-key`: `{bpm, ts?}` or `{readings: [...]}` through the
@@ -67,8 +68,13 @@ sub.on('message', (channel, message) => {
 })
 
 async function subscribe (ws, state, userId) {
-  if (userId !== state.userId) return ws.send(`{"type":"error","code":"forbidden","message":"not allowed to read ${userId}"}`)
+  if (!USER_ID.test(userId)) return ws.send('{"type":"error","code":"bad_request","message":"bad userId"}')
   if (state.watching.has(userId)) return
+  // Another user's readings only with their grant: the owner's viewers set, as in ours.
+  if (userId !== state.userId && await redis.sismember(userKeys(PREFIX, userId).viewers, state.userId) !== 1) {
+    return ws.send(`{"type":"error","code":"forbidden","message":"not allowed to read ${userId}"}`)
+  }
+  if (ws.readyState !== 1 || state.watching.has(userId)) return
   state.watching.add(userId)
   let set = watchers.get(userId)
   if (set === undefined) {
