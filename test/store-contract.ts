@@ -397,6 +397,9 @@ export function storeContract (t: Test, name: string, makeStore: MakeStore): voi
       t.equal(await store.removeDevice('owner', 'd1'), false, 'a second remove finds nothing')
       t.same((await store.devices('owner')).map((d) => d.deviceId), ['d2'])
       t.same((await store.devices('other')).map((d) => d.deviceId), ['d3'])
+      t.equal(await store.addDevice('owner', device('d5', 3000), 20), true)
+      t.equal(await store.addDevice('owner', device('d4', 3000), 20), true)
+      t.same((await store.devices('owner')).map((d) => d.deviceId), ['d2', 'd4', 'd5'], 'the same createdAt: by deviceId, whatever order they came in')
     })
 
     t.test('verifyDevice holds for the owner\'s device with its hash only, and records when it was seen', async (t) => {
