@@ -6,12 +6,13 @@
  * In process (injectWS), so the hub and the heap can be looked at directly. Cycles run 20 at a
  * time over 5 users, so topics are shared, released and re-created while others still use them;
  * every other cycle disconnects without waiting for `subscribed`, racing the close against the
- * subscription being set up.
+ * subscription being set up. And an open socket holds nothing of its handshake.
  */
 import t from 'tap'
+import type { IncomingMessage } from 'node:http'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import { buildWithRedis, eventually, openSocket, sharedRedis, type Frames } from './helper.js'
+import { bearer, build, buildWithRedis, eventually, openSocket, openWebSocket, sharedRedis, type Frames } from './helper.js'
 
 // A gc() without --expose-gc on the command line (tap has no per-file node arguments).
 setFlagsFromString('--expose-gc')
@@ -101,4 +102,34 @@ t.test('2 000 connect → subscribe → disconnect cycles leave nothing behind',
   await app.heartStore.append(USERS[0], [{ bpm: 77, ts: Date.now() }])
   t.match(await frames.json(), { type: 'reading', userId: USERS[0], bpm: 77 })
   frames.ws.terminate()
+})
+
+t.test('an open socket keeps nothing of its handshake, and its errors are still logged with the request id', async (t) => {
+  const logs: string[] = []
+  const app = await build(t, { MAX_PAYLOAD_BYTES: '256' }, { logs })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as { port: number }
+  // The handshake's IncomingMessage: Fastify's request and reply, and the ServerResponse, all hold it.
+  let handshake: WeakRef<IncomingMessage> | undefined
+  app.websocketServer.once('connection', (_ws, request: IncomingMessage) => { handshake = new WeakRef(request) })
+  const frames = await openWebSocket(t, `ws://127.0.0.1:${port}/heart/current`, { headers: bearer('leak-handshake') })
+  t.match(await frames.ask({ type: 'ping', reqId: 1 }), { type: 'pong', reqId: 1 })
+  t.ok(handshake, 'the upgrade was seen')
+
+  let collected = false
+  for (let i = 0; i < 10 && !collected; i++) {
+    await settledHeap()
+    collected = handshake!.deref() === undefined
+  }
+  t.ok(collected, 'the handshake request was collected while its socket is open')
+  t.match(await frames.ask({ type: 'ping', reqId: 2 }), { type: 'pong', reqId: 2 }, 'the socket still answers')
+
+  const opened = logs.map((l) => JSON.parse(l)).find((l) => l.msg === 'socket open')
+  t.ok(opened?.reqId, 'the open was logged with a request id')
+  frames.ws.send(`{"type":"ping","pad":"${'x'.repeat(256)}"}`)
+  t.equal(await frames.closed, 1009, 'a frame past MAX_PAYLOAD_BYTES still closes with 1009')
+  t.ok(await eventually(() => logs.some((l) => {
+    const line = JSON.parse(l)
+    return line.msg === 'websocket error' && line.reqId === opened.reqId
+  })), 'the error is logged under the socket\'s request id')
 })
