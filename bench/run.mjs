@@ -29,7 +29,9 @@
  *   --memory-subscriptions=10        BENCH_MEMORY_SUBSCRIPTIONS memory: subscriptions per socket at the last step
  *                                                      (own user + the next ones, who shared with it); the first
  *                                                      round of each target ends with a heap snapshot
- *                                                      (bench/results/heap/, summed by class by bench/heap-classes.mjs)
+ *                                                      (bench/results/heap/, summarised by bench/heap-summary.mjs)
+ *   --ours-env=KEY=VALUE,…           BENCH_OURS_ENV    settings of ours on top of the bench's (a feature
+ *                                                      switched off, to measure what it costs); in the JSON
  *   --out=FILE                       BENCH_OUT         where to write the JSON (default bench/results/<date>.json)
  *
  * The push sweep (bench/sweep.mjs has the knee and the chart):
@@ -55,7 +57,7 @@ import { Redis } from 'ioredis'
 import { topFunctions, formatTop } from './top-functions.mjs'
 import { knees, sweepSvg, sweepTable, THRESHOLD_MS, MIN_ACHIEVED } from './sweep.mjs'
 import { inspectorUrlOf } from './inspector.mjs'
-import { summariseHeap, formatClasses } from './heap-classes.mjs'
+import { summariseHeap, formatHeapSummary } from './heap-summary.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
@@ -85,6 +87,7 @@ const { values: flags } = parseArgs({
     out: { type: 'string' },
     sweep: { type: 'boolean' },
     'sweep-rates': { type: 'string' },
+    'ours-env': { type: 'string' },
     help: { type: 'boolean', short: 'h' }
   }
 })
@@ -126,7 +129,18 @@ const opts = {
   profileBaseline: flags['profile-baseline'] ?? env.BENCH_PROFILE_BASELINE === '1',
   out: flags.out ?? env.BENCH_OUT,
   sweep: sweepWanted,
-  sweepRates: rateList(flags['sweep-rates'] ?? env.BENCH_SWEEP_RATES ?? '250,500,1000,2000,4000')
+  sweepRates: rateList(flags['sweep-rates'] ?? env.BENCH_SWEEP_RATES ?? '250,500,1000,2000,4000'),
+  oursEnv: settingList(flags['ours-env'] ?? env.BENCH_OURS_ENV ?? '')
+}
+/** KEY=VALUE,KEY=VALUE: settings of ours on top of the bench's, to measure a feature switched off. */
+function settingList (raw) {
+  const settings = {}
+  for (const item of raw.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(item)
+    if (m === null) throw new Error(`--ours-env / BENCH_OURS_ENV must be KEY=VALUE items joined by commas, got "${item}"`)
+    settings[m[1]] = m[2]
+  }
+  return settings
 }
 function rateList (raw) {
   const rates = raw.split(',').map((x) => x.trim()).filter(Boolean).map(Number)
@@ -281,7 +295,8 @@ async function startServers (target, instances, redisUrl, { profile = false, sna
           // The defaults protect production from floods; the bench is a deliberate flood.
           MESSAGE_RATE_LIMIT: '1000000',
           MAX_CONNECTIONS_PER_USER: '1000000',
-          UPGRADE_RATE_LIMIT: '1000000'
+          UPGRADE_RATE_LIMIT: '1000000',
+          ...opts.oursEnv
         }
       })
     } else {
@@ -742,11 +757,19 @@ function reportSweep (sweep, mach) {
 // ---------------------------------------------------------------- heap snapshots
 
 /**
- * The snapshot a memory run took, summed by class per socket (then deleted: hundreds of MB; kept
- * with BENCH_KEEP_SNAPSHOTS=1). The live heap per socket goes onto the result, for the table.
+ * Classes whose retained size per socket the memory run reports whatever their rank: what a socket
+ * is made of in either server, and what only ours has (the session, its subscriptions, the
+ * handshake's request and reply, which Fastify builds as _Request and _Reply).
  */
-function summariseSnapshot (result) {
-  const heap = summariseHeap(result.snapshot.file, { top: 20, perCount: result.connections })
+const HEAP_CLASSES = ['WebSocket', 'Receiver', 'Sender', 'Socket', 'HeartSession', 'Subscription', 'IncomingMessage', 'ServerResponse', '_Request', '_Reply']
+
+/**
+ * The snapshot a memory run took, summarised per socket with retained sizes from its dominator tree
+ * (then deleted: hundreds of MB; kept with BENCH_KEEP_SNAPSHOTS=1). The live heap per socket goes
+ * onto the result, for the table.
+ */
+async function summariseSnapshot (result) {
+  const heap = await summariseHeap(result.snapshot.file, { top: 20, perCount: result.connections, classes: HEAP_CLASSES })
   result.heap = { perSocketLiveBytes: heap.totalSelfBytes }
   heap.file = path.relative(root, result.snapshot.file)
   if (env.BENCH_KEEP_SNAPSHOTS !== '1') rmSync(result.snapshot.file, { force: true })
@@ -754,7 +777,7 @@ function summariseSnapshot (result) {
 }
 
 function heapText (target, heap) {
-  return `heap of ${target} after the memory run's last step, shallow bytes per socket (${heap.nodes.toLocaleString('en-US')} objects in all; ${heap.file}):\n${formatClasses(heap)}`
+  return `heap of ${target} after the memory run's last step (${heap.file}):\n${formatHeapSummary(heap)}`
 }
 
 // ---------------------------------------------------------------- main
@@ -767,6 +790,7 @@ async function main () {
   const mach = machine()
   process.stdout.write(`heart-gateway bench — ${mach.cores} cores, ${mach.model}, Node ${mach.node}, Redis ${mach.redis}\n`)
   process.stdout.write(`pinning: ${mach.pinning}\n`)
+  if (Object.keys(opts.oursEnv).length > 0) process.stdout.write(`ours runs with ${Object.entries(opts.oursEnv).map(([k, v]) => `${k}=${v}`).join(' ')} on top of the bench's settings\n`)
   if (opts.scenarios.length > 0) process.stdout.write(`scenarios: ${opts.scenarios.join(', ')}; ${opts.rounds} round(s) each, targets alternating ${opts.targets.join('/')} (ABBA)\n`)
   if (opts.sweep) process.stdout.write(`sweep: push at ${opts.sweepRates.join(', ')} readings/s, ${opts.durationSeconds} s each, ${opts.users * opts.subscribers} subscribers per target, ${opts.targets.join('/')} in turn\n`)
   process.stdout.write('\n')
@@ -795,7 +819,7 @@ async function main () {
             process.stdout.write(`${brief(scenario, result)} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
             if (result.snapshot != null) {
               try {
-                heaps[target] = summariseSnapshot(result)
+                heaps[target] = await summariseSnapshot(result)
               } catch (err) {
                 process.stdout.write(`  heap snapshot not summarised (kept: ${path.relative(root, result.snapshot.file)}): ${err.message}\n`)
               }
