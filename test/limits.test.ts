@@ -311,7 +311,9 @@ t.test('RefusalCounter: counts per key in fixed windows, says when to retry, and
   let now = 1_000_000
   const counter = new RefusalCounter(2, 60_000, () => now)
   t.equal(counter.retryAfter('a'), 0, 'no refusals yet')
+  t.equal(counter.empty, true, 'empty before any refusal')
   counter.count('a')
+  t.equal(counter.empty, false, 'not empty once an address was refused')
   t.equal(counter.retryAfter('a'), 0, 'one of two')
   counter.count('a')
   t.equal(counter.retryAfter('a'), 60, 'at the limit: the rest of the window')
@@ -319,6 +321,7 @@ t.test('RefusalCounter: counts per key in fixed windows, says when to retry, and
   now += 59_500
   t.equal(counter.retryAfter('a'), 1, 'half a second left rounds up to 1 s')
   now += 500
+  t.equal(counter.empty, true, 'empty again when the next window starts')
   t.equal(counter.retryAfter('a'), 0, 'a new window starts from nothing')
   counter.count('a')
   t.equal(counter.retryAfter('a'), 0, 'one refusal in the new window')
