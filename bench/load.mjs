@@ -11,11 +11,12 @@
  *            trips/s, latency, server CPU per round trip, over a window after a warm-up.
  * - push:    U users × S subscribers spread over the instances, R readings/s through HTTP ingest;
  *            deliveries/s, ingest-to-frame latency, lost and duplicated deliveries, CPU per delivery.
- * - ingest:  the ways a reading enters, one after the other on the same instance, U users at R
- *            readings/s each time (every reading with its own ts, so the duplicate check runs):
+ * - ingest:  the ways a reading enters, one after the other on the same instance (each twice for
+ *            half the time, in the order A B C D E E D C B A), U users at R readings/s each
+ *            time (every reading with its own ts, so the duplicate check runs):
  *            HTTP with a service key, HTTP with each user's device key, `publish` over each user's
- *            own socket, and `publish` again with alert rules set (the episode evaluation in the
- *            ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
+ *            own socket, and `publish` by U other users who have alert rules set (the episode
+ *            evaluation in the ingest script). Readings/s acknowledged, server and Redis CPU per reading, for each.
  *            And the reference the check and the rules are measured against: `publish` of
  *            readings without ts (server-stamped, so no duplicate check) and no rules.
  * - memory:  N sockets on one instance (one user each), then each subscribed to its own user, then
@@ -307,6 +308,10 @@ async function memory () {
   const unansweredK = await step(watched, 300000)
   await sleep(cfg.settleMs)
   rss.manyKiB = procRssKiB(pid)
+  // And after the server has been idle a while: V8 shrinks a heap a burst of work grew once
+  // allocation stops (its memory reducer), so this is what the same sockets hold at rest.
+  await sleep(cfg.quietMs)
+  rss.quietKiB = procRssKiB(pid)
 
   let snapshot = null
   if (cfg.snapshotDir !== undefined) {
@@ -340,7 +345,7 @@ async function memory () {
     subscribeFailures: n * k - subscribed,
     failureReasons: { ...failures, ...(unanswered1 + unansweredK > 0 ? { 'sockets with a subscribe unanswered': unanswered1 + unansweredK } : {}) },
     rssKiB: rss,
-    rssPerSocketKiB: { idle: per(rss.idleKiB), one: per(rss.oneKiB), many: per(rss.manyKiB) },
+    rssPerSocketKiB: { idle: per(rss.idleKiB), one: per(rss.oneKiB), many: per(rss.manyKiB), quiet: per(rss.quietKiB) },
     snapshot
   }
 }
@@ -719,6 +724,37 @@ async function paced (users, rate, durationMs, send, label) {
   }
 }
 
+/** Windows of `paced` taken apart (the halves of one way in) as one: counts and CPU summed. */
+function joinWindows (windows) {
+  const sum = (f) => windows.reduce((s, w) => s + f(w), 0)
+  const wallSeconds = sum((w) => w.cpu.wallSeconds)
+  const weighted = (f) => sum((w) => f(w) * w.cpu.wallSeconds) / wallSeconds
+  const acked = sum((w) => w.acked)
+  const serverCpuUs = sum((w) => w.cpu.serverCpuUs)
+  const redisUs = sum((w) => w.cpu.redisCpuPercent / 100 * w.cpu.wallSeconds * 1e6)
+  const cpu = {
+    wallSeconds,
+    serverCpuUs,
+    serverCpuPercent: 100 * serverCpuUs / (wallSeconds * 1e6),
+    redisCpuPercent: weighted((w) => w.cpu.redisCpuPercent),
+    generatorCpuPercent: weighted((w) => w.cpu.generatorCpuPercent),
+    coreBusyPercent: windows[0].cpu.coreBusyPercent.map((_, i) => weighted((w) => w.cpu.coreBusyPercent[i]))
+  }
+  for (const key of ['othersOnServerCorePercent', 'othersOnLoadCorePercent']) {
+    if (windows[0].cpu[key] !== undefined) cpu[key] = weighted((w) => w.cpu[key])
+  }
+  return {
+    sent: sum((w) => w.sent),
+    acked,
+    failed: sum((w) => w.failed),
+    readingsPerSecond: acked / wallSeconds,
+    serverCpuPerReadingUs: serverCpuUs / Math.max(1, acked),
+    redisCpuPerReadingUs: redisUs / Math.max(1, acked),
+    cpu,
+    windows: windows.length
+  }
+}
+
 async function ingest () {
   const { users: u, rate, durationMs } = cfg
   const base = cfg.urls[0]
@@ -747,13 +783,14 @@ async function ingest () {
   // Each user's own socket, publishing with a reqId and waiting for its published.
   const sockets = await Promise.all(users.map((userId) => openSocket(base, userId)))
   const waiting = sockets.map(() => new Map())
-  sockets.forEach((ws, i) => ws.on('message', (data) => {
+  const listen = (ws, i) => ws.on('message', (data) => {
     const f = JSON.parse(data)
     const w = waiting[i].get(f.reqId)
     if (w === undefined) return
     waiting[i].delete(f.reqId)
     w(f.type === 'published')
-  }))
+  })
+  sockets.forEach(listen)
   let reqIds = 0
   const publish = (u, reading) => new Promise((resolve) => {
     const reqId = ++reqIds
@@ -761,19 +798,35 @@ async function ingest () {
     sockets[u].send(JSON.stringify({ type: 'publish', readings: [reading], reqId }))
   })
 
-  const result = { users: u, readingsPerSecondTarget: rate }
-  // Warm-up, not measured: the first path measured would otherwise pay for the JIT and connection set-up.
-  await paced(u, rate, Math.min(2000, durationMs), (i, r) => post(i, cfg.apiKey, r))
-  result.service = await paced(u, rate, durationMs, (i, r) => post(i, cfg.apiKey, r), 'service')
-  result.device = await paced(u, rate, durationMs, (i, r) => post(i, deviceKeys[i], r), 'device')
-  result.publish = await paced(u, rate, durationMs, publish, 'publish')
-  // The reference: no ts (the server stamps it, and a server-stamped reading skips the duplicate check), no rules yet.
-  result.reference = await paced(u, rate, durationMs, (i, r) => publish(i, { bpm: r.bpm }), 'reference')
-  for (const userId of users) {
+  // The alert rules are a user's own: a second set of users, with their own sockets, has them on.
+  const ruled = Array.from({ length: u }, (_, i) => `r${i}`)
+  for (const userId of ruled) {
     const r = await request('PUT', `/heart/${userId}/alert-rules`, { authorization: `Bearer ${tokenOf(userId)}` }, '{"high":200,"low":30,"sustainS":10,"offline":true}')
     if (r.status !== 200) throw new Error(`ingest: PUT alert-rules answered ${r.status}`)
   }
-  result.publishWithRules = await paced(u, rate, durationMs, publish, 'publishWithRules')
+  const ruledSockets = await Promise.all(ruled.map((userId) => openSocket(base, userId)))
+  sockets.push(...ruledSockets)
+  ruledSockets.forEach((ws, i) => { waiting.push(new Map()); listen(ws, u + i) })
+
+  const ways = {
+    service: (i, r) => post(i, cfg.apiKey, r),
+    device: (i, r) => post(i, deviceKeys[i], r),
+    publish,
+    // The reference: no ts (the server stamps it, and a server-stamped reading skips the duplicate check), no rules.
+    reference: (i, r) => publish(i, { bpm: r.bpm }),
+    publishWithRules: (i, r) => publish(u + i, r)
+  }
+  const order = Object.keys(ways)
+  // Warm-up, not measured: the first path measured would otherwise pay for the JIT and connection set-up.
+  await paced(u, rate, Math.min(2000, durationMs), ways.service)
+  // Each way twice, for half the time, in the order A B C D E E D C B A: a drift over the run
+  // (the heap, history growing) weighs on every way alike instead of on the last ones. Profiled: the first half.
+  const halves = Object.fromEntries(order.map((k) => [k, []]))
+  for (const [i, way] of [...order, ...[...order].reverse()].entries()) {
+    halves[way].push(await paced(u, rate, Math.round(durationMs / 2), ways[way], i < order.length ? way : undefined))
+  }
+  const result = { users: u, readingsPerSecondTarget: rate }
+  for (const way of order) result[way] = joinWindows(halves[way])
   result.rulesCostPercent = 100 * (result.publishWithRules.serverCpuPerReadingUs + result.publishWithRules.redisCpuPerReadingUs) /
     (result.publish.serverCpuPerReadingUs + result.publish.redisCpuPerReadingUs) - 100
   const cost = (v) => v.serverCpuPerReadingUs + v.redisCpuPerReadingUs
