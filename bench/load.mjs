@@ -688,6 +688,10 @@ async function sweep () {
 /** Sends `rate` readings/s for `durationMs`, round-robin over users, through `send(userIdx, body)` → Promise<boolean>. */
 async function paced (users, rate, durationMs, send, label) {
   const seq = new Array(users).fill(0)
+  // Each reading at the time it is sent, as a strap's are (unique per user: at least 1 ms after the
+  // user's previous one). Old ts would keep a user with the offline rule perpetually overdue, so
+  // every reading would close an offline episode the sweep opens again.
+  const lastTs = new Array(users).fill(0)
   let sent = 0
   let acked = 0
   let failed = 0
@@ -701,8 +705,9 @@ async function paced (users, rate, durationMs, send, label) {
       while (sent < due) {
         const u = sent % users
         const n = seq[u]++
+        const ts = lastTs[u] = Math.max(Date.now(), lastTs[u] + 1)
         pending++
-        send(u, { bpm: 60 + (n % 60), ts: Date.now() - 60_000 + n }).then((ok) => { if (ok) acked++; else failed++ }, () => { failed++ }).finally(() => { pending-- })
+        send(u, { bpm: 60 + (n % 60), ts }).then((ok) => { if (ok) acked++; else failed++ }, () => { failed++ }).finally(() => { pending-- })
         sent++
       }
       if (sent >= total) { clearInterval(timer); resolve() }
