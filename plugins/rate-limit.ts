@@ -24,8 +24,8 @@ export interface RefusalLimit {
 /**
  * Refusals per client address in fixed one-minute windows, in this instance's memory. Checked
  * synchronously on every upgrade: the common case (no refusals this minute) looks up nothing, and
- * an address with none is one Map lookup, not a store round trip. A window's counts are dropped whole when the next one starts,
- * so memory is bounded by the addresses refused within one minute.
+ * an address with none is one Map lookup, not a store round trip. A window's counts are dropped
+ * whole when the next one starts, so memory is bounded by the addresses refused within one minute.
  */
 export class RefusalCounter {
   #counts = new Map<string, number>()
