@@ -308,8 +308,8 @@ async function memory () {
   const unansweredK = await step(watched, 300000)
   await sleep(cfg.settleMs)
   rss.manyKiB = procRssKiB(pid)
-  // And after the server has been idle a while: V8 shrinks a heap a burst of work grew once
-  // allocation stops (its memory reducer), so this is what the same sockets hold at rest.
+  // And after the server has been idle a while: what the same sockets hold at rest, once V8 has
+  // had the chance to collect and give back what the subscribe burst left (it may not take it).
   await sleep(cfg.quietMs)
   rss.quietKiB = procRssKiB(pid)
 
@@ -716,21 +716,14 @@ async function paced (users, rate, durationMs, send, label) {
   const deadline = performance.now() + 30000
   while (pending > 0 && performance.now() < deadline) await sleep(5)
   const s1 = await end()
-  const cpu = cpuBetween(s0, s1)
-  const redisUs = cpu.redisCpuPercent / 100 * cpu.wallSeconds * 1e6
-  return {
-    sent,
-    acked,
-    failed,
-    readingsPerSecond: acked / cpu.wallSeconds,
-    serverCpuPerReadingUs: cpu.serverCpuUs / Math.max(1, acked),
-    redisCpuPerReadingUs: redisUs / Math.max(1, acked),
-    cpu
-  }
+  return readingFigures([{ sent, acked, failed, cpu: cpuBetween(s0, s1) }])
 }
 
-/** Windows of `paced` taken apart (the halves of one way in) as one: counts and CPU summed. */
-function joinWindows (windows) {
+/**
+ * The figures of one way in from its windows of `paced` (one, or the halves of a way measured
+ * twice): counts and CPU summed over the windows, then per reading.
+ */
+function readingFigures (windows) {
   const sum = (f) => windows.reduce((s, w) => s + f(w), 0)
   const wallSeconds = sum((w) => w.cpu.wallSeconds)
   const weighted = (f) => sum((w) => f(w) * w.cpu.wallSeconds) / wallSeconds
@@ -831,7 +824,7 @@ async function ingest () {
     halves[way].push(await paced(u, rate, Math.round(durationMs / 2), ways[way], i < order.length ? way : undefined))
   }
   const result = { users: u, readingsPerSecondTarget: rate }
-  for (const way of order) result[way] = joinWindows(halves[way])
+  for (const way of order) result[way] = readingFigures(halves[way])
   result.rulesCostPercent = 100 * (result.publishWithRules.serverCpuPerReadingUs + result.publishWithRules.redisCpuPerReadingUs) /
     (result.publish.serverCpuPerReadingUs + result.publish.redisCpuPerReadingUs) - 100
   const cost = (v) => v.serverCpuPerReadingUs + v.redisCpuPerReadingUs

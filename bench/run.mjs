@@ -153,6 +153,8 @@ if (opts.users * opts.subscribers > 19500) throw new Error('push: users × subsc
 
 const SECRET = 'bench-secret-bench-secret-bench-secret-0123456789'
 const API_KEY = 'bench-ingest-key'
+/** memory: how long the server sits idle before RSS is read once more. */
+const MEMORY_QUIET_S = 20
 const PREFIX = 'heart:'
 const clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
@@ -396,7 +398,7 @@ const scenarioSetup = {
   },
   memory: {
     instances: 1,
-    config: { connections: opts.memoryConnections, subscriptions: opts.memorySubscriptions, concurrency: 200, openDeadlineMs: 240000, settleMs: 3000, quietMs: 20000 },
+    config: { connections: opts.memoryConnections, subscriptions: opts.memorySubscriptions, concurrency: 200, openDeadlineMs: 240000, settleMs: 3000, quietMs: MEMORY_QUIET_S * 1000 },
     timeoutMs: 900000
   },
   push: {
@@ -479,7 +481,7 @@ const FIGURES = {
     ['RSS per socket, idle (KiB)', 'rssPerSocketKiB.idle', 2],
     ['RSS per socket, 1 subscription (KiB)', 'rssPerSocketKiB.one', 2],
     ['RSS per socket, all subscriptions (KiB)', 'rssPerSocketKiB.many', 2],
-    ['the same after 20 s idle (KiB)', 'rssPerSocketKiB.quiet', 2],
+    [`the same after ${MEMORY_QUIET_S} s idle (KiB)`, 'rssPerSocketKiB.quiet', 2],
     ['whole live heap / sockets (B, snapshot, round 1)', 'heap.perSocketLiveBytes', 0],
     ['server RSS at the end (MiB)', 'rssKiB.manyKiB', 1, 'median', 1 / 1024]
   ],
@@ -876,7 +878,7 @@ async function main () {
 }
 
 function brief (scenario, r) {
-  if (scenario === 'memory') return `${r.opened}/${r.connections} open, ${r.subscribed}/${r.subscribeWanted} subscribed, KiB/socket idle ${r.rssPerSocketKiB.idle.toFixed(2)}, 1 sub ${r.rssPerSocketKiB.one.toFixed(2)}, ${r.subscriptions} subs ${r.rssPerSocketKiB.many.toFixed(2)} (${r.rssPerSocketKiB.quiet.toFixed(2)} after 20 s idle)${r.snapshot === null ? '' : `; snapshot ${(r.snapshot.bytes / 2 ** 20).toFixed(0)} MB in ${r.snapshot.seconds.toFixed(1)} s`}`
+  if (scenario === 'memory') return `${r.opened}/${r.connections} open, ${r.subscribed}/${r.subscribeWanted} subscribed, KiB/socket idle ${r.rssPerSocketKiB.idle.toFixed(2)}, 1 sub ${r.rssPerSocketKiB.one.toFixed(2)}, ${r.subscriptions} subs ${r.rssPerSocketKiB.many.toFixed(2)} (${r.rssPerSocketKiB.quiet.toFixed(2)} after ${MEMORY_QUIET_S} s idle)${r.snapshot === null ? '' : `; snapshot ${(r.snapshot.bytes / 2 ** 20).toFixed(0)} MB in ${r.snapshot.seconds.toFixed(1)} s`}`
   if (scenario === 'connect') return `${r.opened}/${r.connections} open in ${r.openSeconds.toFixed(2)} s, ${r.failures} failed, ${r.rssPerConnectionKiB.toFixed(2)} KiB/socket`
   if (scenario === 'ingest') return ['service', 'device', 'publish', 'reference', 'publishWithRules'].map((k) => `${k} ${Math.round(r[k].readingsPerSecond)}/s ${r[k].serverCpuPerReadingUs.toFixed(1)} µs`).join(', ')
   if (scenario === 'query') return `${Math.round(r.roundTripsPerSecond)} rt/s, p50 ${r.latencyMs.p50?.toFixed(2)} ms, ${r.serverCpuPerRoundTripUs.toFixed(2)} µs CPU/rt`
