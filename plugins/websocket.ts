@@ -67,13 +67,6 @@ export default fp(async function websocket (fastify) {
     }
   })
 
-  // Routes are registered after this plugin, so every one of them passes here. First among the
-  // route's own hooks: no authentication or rate limit runs for an upgrade that cannot succeed.
-  fastify.addHook('onRoute', (route) => {
-    if (route.websocket === true || route.wsHandler !== undefined) return
-    route.onRequest = [refuseUpgrade as onRequestHookHandler, ...hookList(route.onRequest)]
-  })
-
   // Once upgraded, nothing of the handshake is needed again, but @fastify/websocket keeps all of it
   // for the socket's life: the TCP socket still points at the handshake's ServerResponse (which holds
   // the IncomingMessage with its headers, and Fastify's reply and request through its listeners),
@@ -82,9 +75,21 @@ export default fp(async function websocket (fastify) {
   // when the upgrade completes, and the error listener is swapped for one that holds the logger only,
   // once @fastify/websocket has added it (synchronously after 'connection', before the handler runs).
   const handshakes = new WeakMap<IncomingMessage, { response: ServerResponse, log: FastifyBaseLogger }>()
-  fastify.addHook('onRequest', (request, reply, done) => {
+  const recordHandshake: onRequestHookHandler = (request, reply, done) => {
     if (request.ws) handshakes.set(request.raw, { response: reply.raw, log: request.log })
     done()
+  }
+
+  // Routes are registered after this plugin, so every one of them passes here. A WebSocket route
+  // records its handshakes (last among its hooks: only upgrades that got that far); any other
+  // route refuses upgrades first among its own hooks, so no authentication or rate limit runs for
+  // an upgrade that cannot succeed. Plain HTTP requests pay for neither.
+  fastify.addHook('onRoute', (route) => {
+    if (route.websocket === true || route.wsHandler !== undefined) {
+      route.onRequest = [...hookList(route.onRequest), recordHandshake]
+      return
+    }
+    route.onRequest = [refuseUpgrade as onRequestHookHandler, ...hookList(route.onRequest)]
   })
   fastify.websocketServer.on('connection', (ws: WebSocket, raw: IncomingMessage) => {
     const handshake = handshakes.get(raw)
